@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo`, `make test`.
+# Each bootstraps .venv from constraints.txt (the versions CI tested) when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow table bench clean-venv
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m research.main --config=configs/mnist1d/cnn.py --workdir=runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+table: $(STAMP)
+	$(PY) -m research.reproduce --workdir=runs/mnist1d_table --seeds=0,1,2
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""JAX/Flax research codebase: models, data, sharded training, checkpoints, evaluation."""

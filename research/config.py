@@ -1,0 +1,93 @@
+"""The default experiment config (every tunable key, with its default) and its validation.
+
+Experiment files in `configs/` start from `default_config()` and override what differs,
+so every key can be overridden from the command line (`--config.optimizer.learning_rate=3e-4`)
+and a misspelt key fails instead of being silently ignored.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from research import models
+
+OPTIMIZERS = ('adam', 'adamw', 'sgd')
+SCHEDULES = ('constant', 'cosine', 'linear')
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 100            # global batch, split over the mesh's data axes
+  c.eval_batch_size = 1000      # the last eval batch is padded and masked
+  c.num_train_steps = 6000
+  c.eval_every_steps = 1000     # 0: evaluate only at the end
+  c.log_every_steps = 100
+  c.grad_accum_steps = 1        # micro-batches per step; batch_size must divide by it
+  c.progress_bar = True
+
+  c.dataset = ml_collections.ConfigDict()
+  c.dataset.name = 'mnist1d'    # an offline builder (research.data) or any tfds name
+  c.dataset.data_dir = ''       # '' -> $TFDS_DATA_DIR -> ~/tensorflow_datasets
+  c.dataset.train_split = 'train'
+  c.dataset.eval_splits = 'test'  # comma-separated tfds split names
+  c.dataset.shuffle = True      # a fresh permutation per epoch, a function of the seed
+  c.dataset.input_key = ''      # '' -> the dataset's supervised_keys
+  c.dataset.label_key = ''
+
+  c.model = models.model_config('cnn')
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'adam'     # one of OPTIMIZERS
+  c.optimizer.learning_rate = 1e-2
+  c.optimizer.schedule = 'constant'  # one of SCHEDULES, after linear warmup
+  c.optimizer.warmup_steps = 0
+  c.optimizer.min_learning_rate_ratio = 0.0  # final lr / peak lr for cosine and linear
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.momentum = 0.9    # sgd only
+  c.optimizer.nesterov = False  # sgd only
+  c.optimizer.weight_decay = 0.0  # adamw: decoupled; adam/sgd: added to the gradient (L2)
+  c.optimizer.grad_clip_norm = 0.0  # 0: no clipping
+
+  # Device mesh. -1 means "all remaining devices". See research/sharding.py for the
+  # logical-axis rules that map model axes onto these.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError naming the bad value and what is accepted."""
+  def positive(key: str, value) -> None:
+    if not isinstance(value, int) or value <= 0:
+      raise ValueError(f'config.{key} must be a positive integer, got {value!r}.')
+
+  positive('batch_size', config.batch_size)
+  positive('eval_batch_size', config.eval_batch_size)
+  positive('num_train_steps', config.num_train_steps)
+  positive('log_every_steps', config.log_every_steps)
+  positive('grad_accum_steps', config.grad_accum_steps)
+  if config.eval_every_steps < 0:
+    raise ValueError(f'config.eval_every_steps must be >= 0, got {config.eval_every_steps}.')
+  if config.batch_size % config.grad_accum_steps:
+    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by '
+                     f'config.grad_accum_steps={config.grad_accum_steps}.')
+  opt = config.optimizer
+  if opt.name not in OPTIMIZERS:
+    raise ValueError(f'Unknown optimizer {opt.name!r}; available: {list(OPTIMIZERS)}.')
+  if opt.schedule not in SCHEDULES:
+    raise ValueError(f'Unknown schedule {opt.schedule!r}; available: {list(SCHEDULES)}.')
+  if opt.learning_rate <= 0:
+    raise ValueError(f'config.optimizer.learning_rate must be > 0, got {opt.learning_rate}.')
+  if not 0 <= opt.warmup_steps <= config.num_train_steps:
+    raise ValueError(f'config.optimizer.warmup_steps={opt.warmup_steps} must be in '
+                     f'[0, num_train_steps={config.num_train_steps}].')
+  # Unknown model names and hyperparameters are reported by models.build_model.
+  models.hyperparameters(config.model.name)
+
+
+def eval_splits(config: ml_collections.ConfigDict) -> list[str]:
+  return [s.strip() for s in config.dataset.eval_splits.split(',') if s.strip()]

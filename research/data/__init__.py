@@ -1,0 +1,1 @@
+"""Data: offline tfds builders, tfds sources, grain pipelines."""

@@ -1,0 +1,116 @@
+"""Finds a dataset by name, prepares it if needed, and reads its splits via tfds data sources.
+
+Offline builders (`research.data.builders`) generate themselves on first use. Any other
+tfds name goes through unchanged; it needs network or a data dir where it was prepared.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from research.data import builders  # noqa: F401  (registers the offline builders)
+
+OFFLINE_DATASETS = ('mnist1d', 'mnist1d/shuffled')
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitArrays:
+  """One split held in host memory: `inputs_NxF...` and `labels_N`."""
+  inputs: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  name: str
+  num_classes: int
+  input_key: str
+  label_key: str
+  split_sizes: dict[str, int]
+
+
+def resolve_data_dir(data_dir: str) -> str:
+  return data_dir or os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
+
+
+def _check_name(name: str) -> None:
+  known = tfds.list_builders(with_community_datasets=False)
+  base = name.split('/')[0].split(':')[0]
+  if base not in known:
+    close = difflib.get_close_matches(base, known, n=3)
+    hint = f' Did you mean {close}?' if close else ''
+    raise ValueError(
+        f'Unknown dataset {name!r}. Offline datasets (no network needed): '
+        f'{list(OFFLINE_DATASETS)}; otherwise any tfds name such as mnist, cifar10, '
+        f'imdb_reviews (needs network or a prepared data_dir).{hint}')
+
+
+def open_builder(dataset_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """The tfds builder for `dataset_cfg.name`, prepared (built offline or downloaded)."""
+  _check_name(dataset_cfg.name)
+  data_dir = resolve_data_dir(dataset_cfg.data_dir)
+  builder = tfds.builder(dataset_cfg.name, data_dir=data_dir, file_format='array_record')
+  try:
+    builder.download_and_prepare(file_format='array_record')
+  except Exception as e:  # a network failure surfaces as many exception types
+    if dataset_cfg.name.split('/')[0] in {n.split('/')[0] for n in OFFLINE_DATASETS}:
+      raise
+    raise RuntimeError(
+        f'Dataset {dataset_cfg.name!r} is not prepared in {data_dir} and could not be '
+        f'downloaded ({type(e).__name__}: {e}). On a machine with network run '
+        f'`tfds build {dataset_cfg.name} --data_dir=DIR --file_format=array_record` and '
+        f'point config.dataset.data_dir (or $TFDS_DATA_DIR) at DIR.') from e
+  return builder
+
+
+def dataset_info(builder: tfds.core.DatasetBuilder,
+                 dataset_cfg: ml_collections.ConfigDict) -> DatasetInfo:
+  info = builder.info
+  supervised = info.supervised_keys or (None, None)
+  input_key = dataset_cfg.input_key or supervised[0]
+  label_key = dataset_cfg.label_key or supervised[1]
+  feature_names = sorted(info.features.keys())
+  for role, key in (('input', input_key), ('label', label_key)):
+    if key is None or key not in info.features:
+      raise ValueError(f'Dataset {dataset_cfg.name!r} has no {role} feature {key!r}; set '
+                       f'config.dataset.{role}_key to one of {feature_names}.')
+  label_feature = info.features[label_key]
+  if not hasattr(label_feature, 'num_classes'):
+    raise ValueError(f'Feature {label_key!r} of {dataset_cfg.name!r} is not a class label.')
+  return DatasetInfo(
+      name=dataset_cfg.name,
+      num_classes=label_feature.num_classes,
+      input_key=input_key,
+      label_key=label_key,
+      split_sizes={k: v.num_examples for k, v in info.splits.items()},
+  )
+
+
+def load_split(builder: tfds.core.DatasetBuilder, info: DatasetInfo, split: str) -> SplitArrays:
+  """Reads a whole split into host memory (random access through the ArrayRecord source)."""
+  available = sorted(info.split_sizes) or ['(none)']
+  base_split = split.split('[')[0]
+  if info.split_sizes and base_split not in info.split_sizes:
+    raise ValueError(f'Dataset {info.name!r} has no split {split!r}; available: {available}.')
+  source = builder.as_data_source(split=split)
+  n = len(source)
+  if n == 0:
+    raise ValueError(f'Split {split!r} of dataset {info.name!r} is empty.')
+  records = source.__getitems__(list(range(n)))
+  inputs = np.stack([np.asarray(r[info.input_key]) for r in records])
+  labels = np.asarray([r[info.label_key] for r in records], dtype=np.int32)
+  bad = (labels < 0) | (labels >= info.num_classes)
+  if bad.any():
+    raise ValueError(
+        f'Split {split!r} of {info.name!r} has labels outside [0, {info.num_classes}): '
+        f'{sorted(set(labels[bad].tolist()))[:10]} (first bad example index '
+        f'{int(np.argmax(bad))}).')
+  return SplitArrays(inputs=inputs, labels=labels)
