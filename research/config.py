@@ -6,6 +6,8 @@ and a misspelt key fails instead of being silently ignored.
 """
 from __future__ import annotations
 
+import difflib
+
 import ml_collections
 
 from research import models
@@ -91,3 +93,22 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def eval_splits(config: ml_collections.ConfigDict) -> list[str]:
   return [s.strip() for s in config.dataset.eval_splits.split(',') if s.strip()]
+
+
+def check_override_keys(config: ml_collections.ConfigDict, dotted_keys: list[str]) -> None:
+  """Raises KeyError naming an override key that the config lacks, with the valid keys.
+
+  ml_collections' own error on a locked config is a bare `AttributeError: 'key'` from
+  inside flag parsing; this runs first and says what to use instead.
+  """
+  for dotted in dotted_keys:
+    node, path = config, 'config'
+    for part in dotted.split('.'):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        valid = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        close = difflib.get_close_matches(part, valid, n=3)
+        hint = f' Did you mean {", ".join(close)}?' if close else ''
+        raise KeyError(
+            f'Unknown config key {"config." + dotted!r}: {path!r} has no key {part!r}.{hint}\n'
+            f'Valid keys in {path}: {", ".join(valid) or "(none: it is not a block)"}.')
+      node, path = node[part], f'{path}.{part}'

@@ -6,15 +6,42 @@ Override any config key with `--config.KEY=VALUE`, e.g. `--config.optimizer.lear
 """
 from __future__ import annotations
 
+import re
+import runpy
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from research import config as config_lib
 from research import reporting, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/mnist1d/cnn.py.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for outputs (created if missing).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+_OVERRIDE = re.compile(r'^--config\.([A-Za-z0-9_.]+)(=|$)')
+
+
+def _check_overrides(argv: list[str]) -> None:
+  """Fails early, with the valid keys, on an override the config file does not define."""
+  path = None
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      path = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(argv):
+      path = argv[i + 1]
+  overrides = [m.group(1) for m in map(_OVERRIDE.match, argv) if m]
+  if not path or not overrides:
+    return
+  file, _, arg = path.partition(':')
+  get_config = runpy.run_path(file)['get_config']
+  config = get_config(arg) if arg else get_config()
+  try:
+    config_lib.check_override_keys(config, overrides)
+  except KeyError as e:
+    sys.exit(f'Error: {e.args[0]}')
 
 
 def main(argv: list[str]) -> None:
@@ -27,6 +54,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+  _check_overrides(sys.argv)
   app.run(main)
 
 

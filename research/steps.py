@@ -62,7 +62,7 @@ def train_step(state: TrainState, batch: Batch, *, seed: int,
   metrics = {
       'loss': loss_sum / denom,
       'accuracy': correct / denom,
-      'grad_norm': optax.global_norm(grads),
+      'grad_norm': optax.tree.norm(grads),
   }
   return new_state, metrics
 

@@ -83,7 +83,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   builder = sources.open_builder(config.dataset)
   info = sources.dataset_info(builder, config.dataset)
   train_split = sources.load_split(builder, info, config.dataset.train_split)
-  eval_splits = {name: sources.load_split(builder, info, name)
+  # Results are keyed by split; 'train' already names the training-loop metrics, so an
+  # evaluation of the train split is reported as 'train_eval'.
+  eval_splits = {('train_eval' if name == 'train' else name):
+                 sources.load_split(builder, info, name)
                  for name in config_lib.eval_splits(config)}
   train_ds = pipeline.train_dataset(
       train_split, config.batch_size, seed=config.seed, shuffle=config.dataset.shuffle,

@@ -1,0 +1,39 @@
+"""The command line in a subprocess: overrides reach the run; bad keys fail helpfully."""
+import json
+
+from tests.helpers import read_jsonl, run_module
+
+
+def test_cli_trains_with_overrides(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = run_module(
+      'research.main', '--config=configs/mnist1d/mlp.py', f'--workdir={workdir}',
+      '--config.num_train_steps=20', '--config.log_every_steps=10',
+      '--config.eval_every_steps=10', '--config.optimizer.learning_rate=0.005',
+      '--config.seed=3', '--config.progress_bar=False')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  config = json.loads((workdir / 'config.json').read_text())
+  assert config['optimizer']['learning_rate'] == 0.005 and config['seed'] == 3
+  records = read_jsonl(workdir / 'metrics.jsonl')
+  assert [(r['step'], r['split']) for r in records] == [
+      (10, 'train'), (10, 'test'), (20, 'train'), (20, 'test')]
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['steps'] == 20
+  assert '| test |' in proc.stdout  # the summary table
+
+
+def test_cli_unknown_key_names_it_and_lists_valid_keys(tmp_path):
+  proc = run_module('research.main', '--config=configs/mnist1d/cnn.py',
+                    f'--workdir={tmp_path}', '--config.no_such_key=1')
+  assert proc.returncode != 0
+  assert "Unknown config key 'config.no_such_key'" in proc.stderr
+  assert 'Valid keys in config: batch_size, dataset,' in proc.stderr
+  assert not (tmp_path / 'config.json').exists()
+
+
+def test_cli_misspelt_nested_key_suggests_the_right_one(tmp_path):
+  proc = run_module('research.main', '--config=configs/mnist1d/cnn.py',
+                    f'--workdir={tmp_path}', '--config.optimizer.learnig_rate=0.1')
+  assert proc.returncode != 0
+  assert 'Did you mean learning_rate' in proc.stderr
+  assert 'Valid keys in config.optimizer:' in proc.stderr
