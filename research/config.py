@@ -14,6 +14,7 @@ from research import models
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'linear')
+NAN_POLICIES = ('stop', 'skip')
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -26,6 +27,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.grad_accum_steps = 1        # micro-batches per step; batch_size must divide by it
   c.progress_bar = True
+  c.nan_policy = 'stop'         # non-finite loss: 'stop' (raise, last checkpoint intact) or 'skip' the update
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 1000  # 0: only at the end (and on preemption)
+  c.checkpoint.keep = 2         # the newest N are kept ...
+  c.checkpoint.best_metric = ''  # ... plus the best by this eval metric, e.g. 'test/accuracy'
+  c.checkpoint.best_mode = 'max'
+  c.checkpoint.async_save = True
+  c.checkpoint.resume = True    # continue from WORKDIR/checkpoints when it has one
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'mnist1d'    # an offline builder (research.data) or any tfds name
@@ -77,6 +87,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.batch_size % config.grad_accum_steps:
     raise ValueError(f'config.batch_size={config.batch_size} must be divisible by '
                      f'config.grad_accum_steps={config.grad_accum_steps}.')
+  if config.nan_policy not in NAN_POLICIES:
+    raise ValueError(f'Unknown nan_policy {config.nan_policy!r}; available: {list(NAN_POLICIES)}.')
+  if config.checkpoint.every_steps < 0:
+    raise ValueError(f'config.checkpoint.every_steps must be >= 0, got '
+                     f'{config.checkpoint.every_steps}.')
+  best = config.checkpoint.best_metric
+  if best and (best.count('/') != 1 or best.split('/')[0] not in
+               [('train_eval' if s == 'train' else s) for s in eval_splits(config)]):
+    raise ValueError(f"config.checkpoint.best_metric must be 'SPLIT/METRIC' for an eval split "
+                     f"in config.dataset.eval_splits ({config.dataset.eval_splits!r}), e.g. "
+                     f"'test/accuracy'; got {best!r}.")
   opt = config.optimizer
   if opt.name not in OPTIMIZERS:
     raise ValueError(f'Unknown optimizer {opt.name!r}; available: {list(OPTIMIZERS)}.')

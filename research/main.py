@@ -14,7 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from research import config as config_lib
-from research import reporting, train
+from research import preemption, reporting, train
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/mnist1d/cnn.py.', lock_config=True)
@@ -48,7 +48,11 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
-  results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except preemption.Preempted as e:
+    logging.warning('%s', e)
+    sys.exit(preemption.PREEMPTED_EXIT_CODE)
   print(reporting.results_table(results, _CONFIG.value))
   print(f'Outputs in {_WORKDIR.value}: config.json, metrics.jsonl, results.json')
 

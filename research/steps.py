@@ -21,14 +21,15 @@ def _masked_loss_and_correct(logits_BxK: jax.Array, labels_B: jax.Array, mask_B:
   return (losses_B * weight_B).sum(), (correct_B * weight_B).sum(), weight_B.sum()
 
 
-def train_step(state: TrainState, batch: Batch, *, seed: int,
-               grad_accum_steps: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: TrainState, batch: Batch, *, seed: int, grad_accum_steps: int = 1,
+               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on `batch`, optionally accumulated over micro-batches.
 
   The loss is the mean over the batch's real (mask=True) examples, whatever the
   micro-batching, so 4 micro-batches of 16 give the gradient of one batch of 64.
   Dropout keys are derived from (seed, step): no RNG lives in the state, and a resumed
-  run draws the same masks.
+  run draws the same masks. With `skip_nonfinite`, an update whose loss or gradients are
+  not finite is dropped (params and optimizer state unchanged, step still advances).
   """
   dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
 
@@ -58,12 +59,15 @@ def train_step(state: TrainState, batch: Batch, *, seed: int,
         accumulate, init, (jnp.arange(grad_accum_steps), micro_batches))
   denom = jnp.maximum(count, 1.0)
   grads = jax.tree.map(lambda g: g / denom, grad_sum)
+  grad_norm = optax.tree.norm(grads)
   new_state = state.apply_gradients(grads=grads)
-  metrics = {
-      'loss': loss_sum / denom,
-      'accuracy': correct / denom,
-      'grad_norm': optax.tree.norm(grads),
-  }
+  metrics = {'loss': loss_sum / denom, 'accuracy': correct / denom, 'grad_norm': grad_norm}
+  if skip_nonfinite:
+    finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                        (new_state.params, new_state.opt_state), (state.params, state.opt_state))
+    new_state = new_state.replace(params=kept[0], opt_state=kept[1])
+    metrics['skipped'] = (~finite).astype(jnp.float32)
   return new_state, metrics
 
 

@@ -1,12 +1,15 @@
 """The one trainer: `train_and_evaluate(config, workdir)` runs any experiment from its config.
 
 Sections, top to bottom: checks -> mesh -> data -> model/optimizer -> sharded state ->
-compiled steps -> loop (log, eval) -> results. Notebooks call this function directly;
-`research.main` is only a command-line shell around it.
+compiled steps -> resume -> loop (log, eval, checkpoint, preemption) -> results.
+Notebooks call this function directly; `research.main` is only a command-line shell.
 """
 from __future__ import annotations
 
 import functools
+import json
+import math
+import os
 import time
 from typing import Any
 
@@ -17,8 +20,9 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from research import checkpoint as checkpoint_lib
 from research import config as config_lib
-from research import models, optim, sharding, steps, writers
+from research import models, optim, preemption, sharding, steps, writers
 from research.data import pipeline, sources
 
 
@@ -56,19 +60,54 @@ def _check_batch_sizes(config: ml_collections.ConfigDict, data_parallel: int) ->
                      f'the data-parallel size {data_parallel} (mesh data x fsdp).')
 
 
-def _mean_metrics(buffered: list[dict[str, jax.Array]]) -> dict[str, float]:
-  stacked = jax.device_get(buffered)
-  return {k: float(np.mean([m[k] for m in stacked])) for k in stacked[0]}
+class _TrainMetrics:
+  """Per-step metrics stay on device until a log or save point fetches them in one go."""
+
+  def __init__(self):
+    self._buffer: list[tuple[int, dict[str, jax.Array]]] = []
+
+  def add(self, step: int, metrics: dict[str, jax.Array]) -> None:
+    self._buffer.append((step, metrics))
+
+  def flush(self, check_finite: bool) -> dict[str, float]:
+    """Means over the buffered steps; raises naming the first step with a non-finite loss."""
+    if not self._buffer:
+      return {}
+    fetched = jax.device_get([m for _, m in self._buffer])
+    step_ids = [s for s, _ in self._buffer]
+    self._buffer = []
+    if check_finite:
+      for step, m in zip(step_ids, fetched):
+        if not math.isfinite(float(m['loss'])):
+          raise FloatingPointError(
+              f'Non-finite training loss ({float(m["loss"])}) at step {step}. The run was '
+              f'stopped before saving it; the last checkpoint is intact. Lower the learning '
+              f"rate, clip gradients (optimizer.grad_clip_norm), or set nan_policy='skip'.")
+    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def _truncate_metrics_log(path: str, last_step: int) -> None:
+  """On resume, drops log records written after the checkpoint (they will be redone)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = [line for line in lines if json.loads(line)['step'] <= last_step]
+  with open(f'{path}.tmp', 'w') as f:
+    f.writelines(kept)
+  os.replace(f'{path}.tmp', path)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains and evaluates per `config`, writing outputs to `workdir`; returns the results."""
+  """Trains and evaluates per `config`, writing outputs to `workdir`; returns the results.
+
+  Resumes from `workdir/checkpoints` when it holds a checkpoint. Raises
+  `preemption.Preempted` after saving if SIGTERM/SIGINT arrives.
+  """
   # ---- Checks that must fail before any expensive work ----
   config_lib.validate(config)
   workdir = writers.prepare_workdir(workdir)
   is_main_process = jax.process_index() == 0
-  if is_main_process:
-    writers.write_config(workdir, config)
   metrics_log = writers.MetricsLog(workdir, enabled=is_main_process)
 
   # ---- Mesh ----
@@ -76,8 +115,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_parallel = sharding.data_parallel_size(mesh)
   _check_batch_sizes(config, data_parallel)
   batch_sharding = sharding.batch_sharding(mesh)
-  logging.info('Mesh %s over %d devices (%s).', dict(mesh.shape), mesh.size,
-               jax.devices()[0].platform)
+  logging.info('Mesh %s over %d devices (%s), %d process(es).', dict(mesh.shape), mesh.size,
+               jax.devices()[0].platform, jax.process_count())
 
   # ---- Data ----
   builder = sources.open_builder(config.dataset)
@@ -88,9 +127,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_splits = {('train_eval' if name == 'train' else name):
                  sources.load_split(builder, info, name)
                  for name in config_lib.eval_splits(config)}
-  train_ds = pipeline.train_dataset(
+  train_iter = iter(pipeline.train_dataset(
       train_split, config.batch_size, seed=config.seed, shuffle=config.dataset.shuffle,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      process_index=jax.process_index(), process_count=jax.process_count()))
 
   # ---- Model, optimizer, sharded state ----
   model = models.build_model(config.model, info.num_classes)
@@ -102,21 +141,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # of the state on one device.
   abstract_state = jax.eval_shape(init_fn, init_rng)
   state_sharding = sharding.tree_shardings(abstract_state, mesh)
-  with jax.set_mesh(mesh):
-    state = jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=state_sharding)(init_rng)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info('Model %s: %s parameters.', config.model.name, f'{num_params:,}')
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.unbox(abstract_state), state_sharding)
 
   # ---- Compiled steps ----
   replicated = sharding.replicated(mesh)
   train_fn = jax.jit(
       functools.partial(steps.train_step, seed=config.seed,
-                        grad_accum_steps=config.grad_accum_steps),
+                        grad_accum_steps=config.grad_accum_steps,
+                        skip_nonfinite=config.nan_policy == 'skip'),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, replicated),
       donate_argnums=(0,))
   eval_fn = jax.jit(functools.partial(steps.eval_step, num_classes=info.num_classes),
                     in_shardings=(state_sharding, batch_sharding), out_shardings=replicated)
+
+  # ---- Resume, or start fresh ----
+  ckpt_cfg = config.checkpoint
+  checkpointer = checkpoint_lib.Checkpointer(
+      workdir, keep=ckpt_cfg.keep, best_metric=ckpt_cfg.best_metric,
+      best_mode=ckpt_cfg.best_mode, async_save=ckpt_cfg.async_save)
+  state, start_step = None, 0
+  if ckpt_cfg.resume:
+    state, restored_step = checkpointer.restore(abstract_state, train_iter)
+    if state is not None:
+      start_step = restored_step
+      logging.info('Resumed from the checkpoint at step %d.', start_step)
+      if is_main_process:
+        _truncate_metrics_log(metrics_log.path, start_step)
+  if state is None:
+    with jax.set_mesh(mesh):
+      state = jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=state_sharding)(init_rng)
+  if is_main_process:
+    writers.write_config(workdir, config)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info('Model %s: %s parameters.', config.model.name, f'{num_params:,}')
 
   # ---- Loop ----
   def run_evals(step: int) -> dict[str, dict[str, Any]]:
@@ -130,23 +190,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       out[name] = result
     return out
 
-  train_iter = iter(train_ds)
-  buffered: list[dict[str, jax.Array]] = []
+  def flat_eval_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    return {f'{split}/{k}': float(v) for split, m in results.items() for k, v in m.items()
+            if isinstance(v, (int, float))}
+
+  train_metrics = _TrainMetrics()
+  check_finite = config.nan_policy == 'stop'
   last_train: dict[str, float] = {}
-  compile_time_s = 0.0
-  train_time_s = 0.0  # steady-state step time, excluding the first (compiling) step
-  steady_examples = 0
-  interval_start = time.perf_counter()
-  interval_examples = 0
-  wall_start = time.perf_counter()
   eval_results: dict[str, dict[str, Any]] = {}
-  bar = tqdm(total=config.num_train_steps, desc='train', unit='step', dynamic_ncols=True,
-             disable=not (config.progress_bar and is_main_process))
-  with jax.set_mesh(mesh):
-    for step in range(1, config.num_train_steps + 1):
-      local_batch = next(train_iter)
-      batch = sharding.global_batch(local_batch, batch_sharding)
-      if step == 1:
+  compile_time_s = 0.0
+  train_time_s, steady_examples = 0.0, 0  # excludes the first (compiling) step and evals
+  interval_start, interval_examples = time.perf_counter(), 0
+  wall_start = time.perf_counter()
+  bar = tqdm(total=config.num_train_steps, initial=start_step, desc='train', unit='step',
+             dynamic_ncols=True, disable=not (config.progress_bar and is_main_process))
+  with jax.set_mesh(mesh), preemption.PreemptionWatcher() as watcher:
+    for step in range(start_step + 1, config.num_train_steps + 1):
+      batch = sharding.global_batch(next(train_iter), batch_sharding)
+      if step == start_step + 1:
         t0 = time.perf_counter()
         state, metrics = train_fn(state, batch)
         jax.block_until_ready(metrics)
@@ -155,12 +216,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       else:
         state, metrics = train_fn(state, batch)
         interval_examples += config.batch_size
-      buffered.append(metrics)
+      train_metrics.add(step, metrics)
       bar.update(1)
+      is_last = step == config.num_train_steps
 
-      if step % config.log_every_steps == 0 or step == config.num_train_steps:
-        last_train = _mean_metrics(buffered)
-        buffered = []
+      if step % config.log_every_steps == 0 or is_last:
+        last_train = train_metrics.flush(check_finite)
         elapsed = time.perf_counter() - interval_start
         train_time_s += elapsed
         steady_examples += interval_examples
@@ -173,26 +234,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                        last_train['loss'], last_train['accuracy'],
                        last_train['examples_per_s'])
 
-      is_last = step == config.num_train_steps
-      if is_last or (config.eval_every_steps and step % config.eval_every_steps == 0):
+      evaluated = is_last or (config.eval_every_steps and step % config.eval_every_steps == 0)
+      if evaluated:
         eval_results = run_evals(step)
-
-      if step % config.log_every_steps == 0 or is_last:
-        interval_start = time.perf_counter()  # evals do not count against throughput
+      stop = watcher.should_stop()
+      periodic = ckpt_cfg.every_steps and step % ckpt_cfg.every_steps == 0
+      # With a best-metric policy every evaluation is saved, so "best" is a real checkpoint.
+      if is_last or stop or periodic or (evaluated and ckpt_cfg.best_metric):
+        train_metrics.flush(check_finite)  # never save a state that went non-finite
+        checkpointer.save(step, state, train_iter,
+                          flat_eval_metrics(eval_results) if evaluated else None)
+      if stop:
+        checkpointer.wait()
+        checkpointer.close()
+        bar.close()
+        raise preemption.Preempted(step, watcher.signal_name)
+      if step % config.log_every_steps == 0 or evaluated:
+        interval_start = time.perf_counter()  # evals and saves do not count as training
         interval_examples = 0
   bar.close()
+
+  if not eval_results:  # resumed at or past the last step: evaluate the restored state
+    with jax.set_mesh(mesh):
+      eval_results = run_evals(int(state.step))
+  checkpointer.wait()
+  best_step = checkpointer.best_step()
+  checkpointer.close()
 
   results = {
       **eval_results,
       'train': last_train,
       'steps': config.num_train_steps,
+      'resumed_from_step': start_step,
+      'best_checkpoint_step': best_step,
       'num_params': int(num_params),
       'wall_time_s': time.perf_counter() - wall_start,
       'compile_time_s': compile_time_s,
       'train_examples_per_s': steady_examples / train_time_s if train_time_s else 0.0,
       'devices': mesh.size,
+      'processes': jax.process_count(),
       'platform': jax.devices()[0].platform,
   }
   if is_main_process:
-    writers.write_json_atomic(f'{workdir}/results.json', results)
+    writers.write_json_atomic(os.path.join(workdir, 'results.json'), results)
   return results

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 
 from research.data import builders  # noqa: F401  (registers the offline builders)
 
-OFFLINE_DATASETS = ('mnist1d', 'mnist1d/shuffled')
+OFFLINE_DATASETS = ('mnist1d', 'mnist1d/shuffled', 'mnist_subset', 'sklearn_digits')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,11 +12,13 @@ import flax.linen as nn
 import ml_collections
 
 from research.models.simple import CNN, MLP, LogisticRegression
+from research.models.transformer import TransformerEncoder
 
 MODELS: dict[str, type[nn.Module]] = {
     'logistic': LogisticRegression,
     'mlp': MLP,
     'cnn': CNN,
+    'transformer': TransformerEncoder,
 }
 
 _FROM_DATA = ('num_classes', 'parent', 'name')

@@ -1,0 +1,116 @@
+"""Orbax checkpoints holding the sharded train state and the grain iterator position.
+
+Layout: `WORKDIR/checkpoints/<step>/{state,data}`. `state` is a plain Orbax PyTree
+(`step`, `params`, `opt_state`) readable without this package; `data` is grain's JSON.
+Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it
+when complete), so a process killed mid-save leaves the previous checkpoint as the latest.
+A checkpoint that fails to restore is moved to `WORKDIR/checkpoints_quarantine/` (never
+deleted) and the previous one is used.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from orbax.checkpoint import checkpoint_managers as policies
+
+
+class Checkpointer:
+  """Saves and restores `(state, data iterator)`; keeps the last `keep` plus the best."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, best_metric: str = '',
+               best_mode: str = 'max', async_save: bool = True):
+    if best_mode not in ('max', 'min'):
+      raise ValueError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}.")
+    if keep < 1:
+      raise ValueError(f'checkpoint.keep must be >= 1, got {keep}.')
+    self.directory = os.path.join(workdir, 'checkpoints')
+    self.quarantine = os.path.join(workdir, 'checkpoints_quarantine')
+    self.best_metric = best_metric
+    self.best_mode = best_mode
+    keep_policies: list[Any] = [policies.LatestN(n=keep)]
+    if best_metric:
+      keep_policies.append(policies.BestN(
+          get_metric_fn=lambda m: m[best_metric], reverse=best_mode == 'min', n=1,
+          keep_checkpoints_without_metrics=False))
+    self._manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(
+            preservation_policy=policies.AnyPreservationPolicy(keep_policies),
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True),  # half-written saves of a killed process
+        item_names=('state', 'data'))
+
+  def save(self, step: int, state, data_iterator, metrics: dict[str, float] | None = None) -> None:
+    if step in self._manager.all_steps():
+      return  # e.g. the final save right after a periodic one
+    if self.best_metric and metrics is not None and self.best_metric not in metrics:
+      raise KeyError(f'checkpoint.best_metric {self.best_metric!r} is not among the eval '
+                     f'metrics {sorted(metrics)}.')
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                data=grain.checkpoint.CheckpointSave(data_iterator)),
+        metrics=metrics if self.best_metric else None,
+        force=True)
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The step with the best `best_metric` among kept checkpoints (None if none has it)."""
+    if not self.best_metric:
+      return None
+    scored = []
+    for step in self.all_steps():
+      metrics = self._manager.metrics(step)
+      if metrics and self.best_metric in metrics:
+        scored.append((metrics[self.best_metric], step))
+    if not scored:
+      return None
+    return (max(scored) if self.best_mode == 'max' else min(scored))[1]
+
+  def restore(self, abstract_state, data_iterator, step: int | None = None):
+    """Restores `step` (default: the newest that restores) onto `abstract_state`'s shardings.
+
+    Returns `(state, step)`, or `(None, None)` when there is no checkpoint. With `step`
+    None, a damaged checkpoint is reported, quarantined and the previous one tried.
+    """
+    candidates = [step] if step is not None else sorted(self.all_steps(), reverse=True)
+    for candidate in candidates:
+      try:
+        restored = self._manager.restore(
+            candidate,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                    data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        return restored['state'], candidate
+      except Exception as e:  # Orbax/tensorstore raise many types for damaged files
+        if step is not None:
+          raise
+        logging.error('Checkpoint at step %d cannot be restored (%s: %s); moving it to %s '
+                      'and trying the previous one.', candidate, type(e).__name__,
+                      str(e)[:500], self.quarantine)
+        self._quarantine(candidate)
+    return None, None
+
+  def _quarantine(self, step: int) -> None:
+    if jax.process_index() == 0:
+      os.makedirs(self.quarantine, exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)),
+                  os.path.join(self.quarantine, f'{step}-{int(time.time())}'))
+    self._manager.reload()
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

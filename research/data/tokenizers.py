@@ -1,0 +1,210 @@
+"""Tokenizers with one API: `encode(texts, max_len) -> (ids_NxL int32, mask_NxL bool)`.
+
+Both share the special ids `0 = [PAD]`, `1 = [CLS]`, `2 = [MASK]`, `3 = unknown`, so a
+model or a masking objective never depends on which tokenizer fed it.
+
+- `ByteTokenizer`: UTF-8 bytes, byte b -> id b + 4 (vocab 260). No files, no training;
+  encoding a batch is a handful of numpy operations (truncation is a fixed-width cast).
+- `SentencePieceTokenizer`: trained on a dataset split (`train`) and saved as a `.model`
+  file; `train_or_load` reuses the file, so a resumed run tokenizes exactly as before.
+  Training runs on one thread: SentencePiece's result depends on the thread count.
+
+`texts` may be a numpy array of bytes (`S`), str (`U`) or objects, or a list of Python
+bytes/str; str is encoded as UTF-8 and bytes are decoded as UTF-8 (errors replaced) where
+a tokenizer needs the other.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+PAD_ID, CLS_ID, MASK_ID, UNK_ID = 0, 1, 2, 3
+NUM_SPECIAL_IDS = 4
+
+
+class Tokenizer(Protocol):
+  vocab_size: int
+
+  def encode(self, texts, max_len: int, *, add_cls: bool = False
+             ) -> tuple[np.ndarray, np.ndarray]: ...
+
+  def decode(self, ids_NxL: np.ndarray) -> list[str]: ...
+
+
+def _text_budget(max_len: int, add_cls: bool) -> int:
+  if max_len < 1 + add_cls:
+    raise ValueError(f'max_len must be at least {1 + add_cls} (add_cls={add_cls}), got {max_len}.')
+  return max_len - int(add_cls)
+
+
+def _with_cls(ids_NxT: np.ndarray, mask_NxT: np.ndarray, add_cls: bool):
+  if not add_cls:
+    return ids_NxT, mask_NxT
+  n = len(ids_NxT)
+  ids = np.concatenate([np.full((n, 1), CLS_ID, np.int32), ids_NxT], axis=1)
+  mask = np.concatenate([np.ones((n, 1), bool), mask_NxT], axis=1)
+  return ids, mask
+
+
+def _as_array(texts) -> np.ndarray:
+  if isinstance(texts, (list, tuple)):  # may mix str and bytes: keep the objects
+    arr = np.empty(len(texts), dtype=object)
+    arr[:] = texts
+    return arr
+  arr = np.asarray(texts)
+  if arr.ndim != 1:
+    raise ValueError(f'texts must be a 1-D array or a list, got shape {arr.shape}.')
+  return arr
+
+
+def as_bytes_array(texts) -> np.ndarray:
+  """A 1-D numpy `S` array: str items encoded as UTF-8, bytes items unchanged."""
+  arr = _as_array(texts)
+  if arr.dtype.kind == 'S':
+    return arr
+  if arr.dtype.kind == 'U':
+    return np.strings.encode(arr, 'utf-8')
+  if arr.dtype.kind == 'O':  # Python objects: one conversion each (no numpy kernel exists)
+    return np.array([t.encode('utf-8') if isinstance(t, str) else bytes(t) for t in arr],
+                    dtype='S')
+  raise ValueError(f'texts must be bytes or str, got a numpy array of dtype {arr.dtype}.')
+
+
+def as_str_list(texts) -> list[str]:
+  arr = _as_array(texts)
+  if arr.dtype.kind == 'S':
+    return np.strings.decode(arr, 'utf-8', 'replace').tolist()
+  if arr.dtype.kind == 'U':
+    return arr.tolist()
+  if arr.dtype.kind == 'O':
+    return [t.decode('utf-8', 'replace') if isinstance(t, bytes) else str(t) for t in arr]
+  raise ValueError(f'texts must be bytes or str, got a numpy array of dtype {arr.dtype}.')
+
+
+class ByteTokenizer:
+  """UTF-8 bytes as tokens: id = byte + 4; ids 0..3 are the shared special ids."""
+
+  vocab_size = 256 + NUM_SPECIAL_IDS
+
+  def encode(self, texts, max_len: int, *, add_cls: bool = False):
+    """`(ids int32[N, max_len], mask bool[N, max_len])`; long texts are cut at max_len bytes."""
+    budget = _text_budget(max_len, add_cls)
+    fixed = as_bytes_array(texts).astype(f'S{budget}')  # truncates: one vectorised cast
+    n = len(fixed)
+    bytes_NxT = np.ascontiguousarray(fixed).view(np.uint8).reshape(n, budget)
+    # Fixed-width `S` arrays pad with NUL; the true length keeps embedded NUL bytes.
+    lengths_N = np.strings.str_len(fixed)
+    mask_NxT = np.arange(budget) < lengths_N[:, None]
+    ids_NxT = np.where(mask_NxT, bytes_NxT.astype(np.int32) + NUM_SPECIAL_IDS, PAD_ID)
+    return _with_cls(ids_NxT.astype(np.int32), mask_NxT, add_cls)
+
+  def decode_bytes(self, ids_NxL: np.ndarray) -> list[bytes]:
+    """Bytes of each row, special ids dropped."""
+    return [(row[row >= NUM_SPECIAL_IDS] - NUM_SPECIAL_IDS).astype(np.uint8).tobytes()
+            for row in np.asarray(ids_NxL)]
+
+  def decode(self, ids_NxL: np.ndarray) -> list[str]:
+    return [b.decode('utf-8', 'replace') for b in self.decode_bytes(ids_NxL)]
+
+
+def _spm():
+  try:
+    import sentencepiece
+  except ImportError as e:  # an optional dependency: only text experiments need it
+    raise ImportError('The sentencepiece tokenizer needs `pip install "sentencepiece>=0.2,<0.3"` '
+                      '(or `pip install -e ".[text]"`).') from e
+  return sentencepiece
+
+
+class SentencePieceTokenizer:
+  """A SentencePiece model whose ids 0..3 are [PAD], [CLS], [MASK], unknown."""
+
+  def __init__(self, model_proto: bytes):
+    self.model_proto = model_proto
+    self._sp = _spm().SentencePieceProcessor(model_proto=model_proto)
+    expected = {PAD_ID: '<pad>', CLS_ID: '[CLS]', MASK_ID: '[MASK]', UNK_ID: '<unk>'}
+    got = {i: self._sp.id_to_piece(i) for i in expected}
+    if got != expected:
+      raise ValueError(f'SentencePiece model has special pieces {got}, expected {expected}: '
+                       f'train it with SentencePieceTokenizer.train.')
+    self.vocab_size = self._sp.get_piece_size()
+
+  @classmethod
+  def train(cls, texts, vocab_size: int, *, model_type: str = 'unigram', seed: int = 0,
+            character_coverage: float = 1.0,
+            max_sentences: int = 1_000_000) -> 'SentencePieceTokenizer':
+    """Trains on `texts` (one sentence per item; at most `max_sentences`, sampled).
+
+    `vocab_size` is an upper bound (`hard_vocab_limit=False`): a small corpus gives a
+    smaller vocabulary instead of an error. Read the result's `vocab_size`.
+    """
+    spm = _spm()
+    sentences = [t for t in as_str_list(texts) if t]
+    if not sentences:
+      raise ValueError('Cannot train a SentencePiece model on an empty corpus.')
+    spm.set_random_generator_seed(seed)
+    writer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=writer, vocab_size=vocab_size,
+        model_type=model_type, character_coverage=character_coverage,
+        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=-1, eos_id=-1,
+        control_symbols=['[CLS]', '[MASK]'],  # take the free ids 1 and 2, in this order
+        hard_vocab_limit=False, input_sentence_size=max_sentences,
+        shuffle_input_sentence=True, max_sentence_length=1 << 16,
+        num_threads=1,  # the trained model depends on the thread count
+        minloglevel=2)
+    return cls(writer.getvalue())
+
+  @classmethod
+  def load(cls, path: str) -> 'SentencePieceTokenizer':
+    with open(path, 'rb') as f:
+      return cls(f.read())
+
+  def save(self, path: str) -> None:
+    """Writes atomically (a reader never sees half a file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'wb') as f:
+      f.write(self.model_proto)
+    os.replace(tmp, path)
+
+  @classmethod
+  def train_or_load(cls, texts, path: str, vocab_size: int, **train_kwargs
+                    ) -> 'SentencePieceTokenizer':
+    """Loads `path` if it exists, else trains on `texts` and saves there."""
+    if os.path.exists(path):
+      return cls.load(path)
+    tokenizer = cls.train(texts, vocab_size, **train_kwargs)
+    tokenizer.save(path)
+    return tokenizer
+
+  def encode(self, texts, max_len: int, *, add_cls: bool = False):
+    """`(ids int32[N, max_len], mask bool[N, max_len])`; long texts are cut at max_len pieces."""
+    budget = _text_budget(max_len, add_cls)
+    pieces = self._sp.encode(as_str_list(texts), out_type=int)
+    lengths_N = np.fromiter((min(len(p), budget) for p in pieces), np.int64, len(pieces))
+    mask_NxT = np.arange(budget) < lengths_N[:, None]
+    ids_NxT = np.zeros((len(pieces), budget), np.int32)
+    flat = [i for p in pieces for i in p[:budget]]
+    ids_NxT[mask_NxT] = np.asarray(flat, np.int32)  # row-major, as the mask is read
+    return _with_cls(ids_NxT, mask_NxT, add_cls)
+
+  def decode(self, ids_NxL: np.ndarray) -> list[str]:
+    rows = [[int(i) for i in row if i >= NUM_SPECIAL_IDS or i == UNK_ID]
+            for row in np.asarray(ids_NxL)]
+    return self._sp.decode(rows)
+
+
+def corpus_fingerprint(texts) -> str:
+  """A short hash of a corpus, to name the model file trained on it."""
+  h = hashlib.sha256()
+  data = as_bytes_array(texts)
+  h.update(str(len(data)).encode())
+  h.update(np.strings.str_len(data).tobytes())
+  h.update(data.tobytes())
+  return h.hexdigest()[:12]

@@ -1,0 +1,343 @@
+"""A pre-LayerNorm Transformer encoder with interchangeable front ends and heads.
+
+Front ends (`frontend`) turn an input batch into tokens `x_BxNxD`:
+- 'features': each scalar of `x_BxL` (MNIST-1D's 40 values) becomes a token, `Dense(1->D)`;
+  `x_BxLxC` gives C features per token.
+- 'image' (ViT): non-overlapping `patch_size` patches of `x_BxHxWxC`, flattened, `Dense`.
+- 'text': token ids `x_BxL` (int, or float from the default pipeline), pad id `pad_id`
+  masked out of attention and pooling.
+Heads (`head`): 'classify' pools (`pooling='cls'` prepends a learned class token,
+'mean' averages the unpadded tokens) and returns `logits_BxK`; 'masked_lm' returns
+per-token vocabulary logits `logits_BxNxV` (for masked-token pretraining).
+
+Precision: parameters are float32; matmuls run in `dtype` ('float32' or 'bfloat16');
+softmax and LayerNorm statistics are always float32; logits come back float32.
+`attention_impl='fused'` calls `jax.nn.dot_product_attention` (cuDNN flash attention on GPU
+where it applies, XLA elsewhere); 'reference' is the plain einsum path the tests compare it
+with, and the only one with attention dropout.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from research.models import layers
+
+FRONTENDS = ('features', 'image', 'text')
+HEADS = ('classify', 'masked_lm')
+POOLINGS = ('cls', 'mean')
+POSITION_EMBEDDINGS = ('learned', 'sinusoidal', 'none')
+ATTENTION_IMPLS = ('fused', 'reference')
+DTYPES = ('float32', 'bfloat16')
+REMAT_POLICIES = ('nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable',
+                  'everything_saveable')
+
+ACTIVATION_AXES = ('batch', 'length', 'embed')
+_EMBED_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
+  # force_float32_reductions (flax's default) keeps mean/variance in float32 under bf16.
+  return nn.LayerNorm(
+      epsilon=1e-6, dtype=dtype, force_float32_reductions=True,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('embed',)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('embed',)),
+      name=name)
+
+
+def _heads_projection(num_heads: int, head_dim: int, dtype: Any, name: str) -> nn.DenseGeneral:
+  return nn.DenseGeneral(
+      (num_heads, head_dim), axis=-1, dtype=dtype,
+      kernel_init=nn.with_logical_partitioning(layers.default_kernel_init,
+                                               ('embed', 'heads', 'kv')),
+      bias_init=nn.with_logical_partitioning(layers.default_bias_init, ('heads', 'kv')),
+      name=name)
+
+
+def sinusoidal_positions(length: int, dim: int) -> jnp.ndarray:
+  """The fixed sin/cos table `pos_NxD` of 'Attention is all you need'."""
+  position_N1 = jnp.arange(length, dtype=jnp.float32)[:, None]
+  inv_freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+  angle_NxD2 = position_N1 * inv_freq[None, :]
+  pos_NxD = jnp.zeros((length, dim), jnp.float32)
+  pos_NxD = pos_NxD.at[:, 0::2].set(jnp.sin(angle_NxD2))
+  return pos_NxD.at[:, 1::2].set(jnp.cos(angle_NxD2[:, :dim // 2]))
+
+
+def reference_attention(q_BxLxHxDh: jnp.ndarray, k_BxLxHxDh: jnp.ndarray,
+                        v_BxLxHxDh: jnp.ndarray, mask_BxL: jnp.ndarray | None,
+                        dropout: Callable[[jnp.ndarray], jnp.ndarray] | None = None
+                        ) -> jnp.ndarray:
+  """Softmax attention with einsums; float32 logits and softmax whatever the input dtype."""
+  scale = 1.0 / math.sqrt(q_BxLxHxDh.shape[-1])
+  logits_BxHxLxL = jnp.einsum('blhd,bmhd->bhlm', q_BxLxHxDh, k_BxLxHxDh,
+                              preferred_element_type=jnp.float32) * scale
+  if mask_BxL is not None:
+    # A large finite negative (not -inf): an all-padding row gives uniform weights, not NaN.
+    big_negative = jnp.finfo(jnp.float32).min / 2
+    logits_BxHxLxL = jnp.where(mask_BxL[:, None, None, :], logits_BxHxLxL, big_negative)
+  att_BxHxLxL = jax.nn.softmax(logits_BxHxLxL, axis=-1)
+  if dropout is not None:
+    att_BxHxLxL = dropout(att_BxHxLxL)
+  return jnp.einsum('bhlm,bmhd->blhd', att_BxHxLxL.astype(v_BxLxHxDh.dtype), v_BxLxHxDh)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention over `x_BxLxD`; `mask_BxL` marks the keys that may be seen."""
+  num_heads: int
+  dtype: Any = jnp.float32
+  attention_impl: str = 'fused'
+  dropout_rate: float = 0.0
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jnp.ndarray, mask_BxL: jnp.ndarray | None) -> jnp.ndarray:
+    dim = x_BxLxD.shape[-1]
+    head_dim = dim // self.num_heads
+    q_BxLxHxDh = _heads_projection(self.num_heads, head_dim, self.dtype, 'query')(x_BxLxD)
+    k_BxLxHxDh = _heads_projection(self.num_heads, head_dim, self.dtype, 'key')(x_BxLxD)
+    v_BxLxHxDh = _heads_projection(self.num_heads, head_dim, self.dtype, 'value')(x_BxLxD)
+    qkv_axes = ('batch', 'length', 'heads', 'kv')
+    q_BxLxHxDh = nn.with_logical_constraint(q_BxLxHxDh, qkv_axes)
+    k_BxLxHxDh = nn.with_logical_constraint(k_BxLxHxDh, qkv_axes)
+    v_BxLxHxDh = nn.with_logical_constraint(v_BxLxHxDh, qkv_axes)
+    if self.attention_impl == 'fused':
+      mask_Bx1x1xL = None if mask_BxL is None else mask_BxL[:, None, None, :]
+      out_BxLxHxDh = jax.nn.dot_product_attention(q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh,
+                                                  mask=mask_Bx1x1xL)
+    else:
+      dropout = None
+      if self.dropout_rate > 0:
+        dropout = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)
+      out_BxLxHxDh = reference_attention(q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, mask_BxL,
+                                         dropout)
+    out_BxLxHxDh = nn.with_logical_constraint(out_BxLxHxDh, qkv_axes)
+    return nn.DenseGeneral(
+        dim, axis=(-2, -1), dtype=self.dtype,
+        kernel_init=nn.with_logical_partitioning(layers.default_kernel_init,
+                                                 ('heads', 'kv', 'embed')),
+        bias_init=nn.with_logical_partitioning(layers.default_bias_init, ('embed',)),
+        name='out')(out_BxLxHxDh)
+
+
+class EncoderBlock(nn.Module):
+  """x + attention(LN(x)), then x + MLP(LN(x)) with GELU. `scanned` returns (x, None)."""
+  num_heads: int
+  mlp_dim: int
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  attention_impl: str = 'fused'
+  dtype: Any = jnp.float32
+  deterministic: bool = True
+  scanned: bool = False
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jnp.ndarray, mask_BxL: jnp.ndarray | None):
+    dim = x_BxLxD.shape[-1]
+    h_BxLxD = _layer_norm(self.dtype, 'ln_attention')(x_BxLxD)
+    h_BxLxD = SelfAttention(self.num_heads, self.dtype, self.attention_impl,
+                            self.attention_dropout_rate, self.deterministic,
+                            name='attention')(h_BxLxD, mask_BxL)
+    h_BxLxD = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)(h_BxLxD)
+    x_BxLxD = nn.with_logical_constraint(x_BxLxD + h_BxLxD, ACTIVATION_AXES)
+
+    h_BxLxD = _layer_norm(self.dtype, 'ln_mlp')(x_BxLxD)
+    h_BxLxF = layers.dense(self.mlp_dim, 'embed', 'mlp', name='mlp_in', dtype=self.dtype)(h_BxLxD)
+    h_BxLxF = nn.with_logical_constraint(nn.gelu(h_BxLxF), ('batch', 'length', 'mlp'))
+    h_BxLxF = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)(h_BxLxF)
+    h_BxLxD = layers.dense(dim, 'mlp', 'embed', name='mlp_out', dtype=self.dtype)(h_BxLxF)
+    h_BxLxD = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)(h_BxLxD)
+    x_BxLxD = nn.with_logical_constraint(x_BxLxD + h_BxLxD, ACTIVATION_AXES)
+    return (x_BxLxD, None) if self.scanned else x_BxLxD
+
+
+class TransformerEncoder(nn.Module):
+  """Pre-LN Transformer encoder; see the module docstring for front ends and heads.
+
+  `max_length` sizes the learned position table of the 'text' front end (inputs may be
+  shorter); 'features' and 'image' size it from the input they are initialised with.
+  `scan_layers` compiles one block and loops it (params stacked on a leading 'layers'
+  axis, under 'blocks'); otherwise blocks are 'block_0', 'block_1', ... `remat`
+  recomputes each block's activations in the backward pass, keeping what
+  `remat_policy` (a `jax.checkpoint_policies` name) saves.
+  """
+  num_classes: int
+  frontend: str = 'features'
+  head: str = 'classify'
+  num_layers: int = 2
+  num_heads: int = 4
+  hidden_size: int = 64
+  mlp_ratio: float = 4.0
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.0
+  position_embedding: str = 'learned'
+  pooling: str = 'cls'
+  max_length: int = 512
+  vocab_size: int = 260
+  pad_id: int = 0
+  patch_size: int = 4
+  dtype: str = 'float32'
+  attention_impl: str = 'fused'
+  remat: bool = False
+  remat_policy: str = 'nothing_saveable'
+  scan_layers: bool = False
+
+  @property
+  def mlp_dim(self) -> int:
+    return int(round(self.hidden_size * self.mlp_ratio))
+
+  @property
+  def uses_class_token(self) -> bool:
+    return self.head == 'classify' and self.pooling == 'cls'
+
+  def check(self) -> None:
+    """Raises ValueError naming the bad field, its value and the accepted values."""
+    choices = {'frontend': FRONTENDS, 'head': HEADS, 'pooling': POOLINGS,
+               'position_embedding': POSITION_EMBEDDINGS, 'attention_impl': ATTENTION_IMPLS,
+               'dtype': DTYPES, 'remat_policy': REMAT_POLICIES}
+    for field, accepted in choices.items():
+      if getattr(self, field) not in accepted:
+        raise ValueError(f'TransformerEncoder {field}={getattr(self, field)!r}; '
+                         f'accepted: {list(accepted)}.')
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f'TransformerEncoder hidden_size={self.hidden_size} must be divisible '
+                       f'by num_heads={self.num_heads}.')
+    if self.position_embedding == 'sinusoidal' and self.hidden_size % 2:
+      raise ValueError(f"position_embedding='sinusoidal' needs an even hidden_size, got "
+                       f'{self.hidden_size}.')
+    if self.attention_dropout_rate > 0 and self.attention_impl != 'reference':
+      raise ValueError(f'attention_dropout_rate={self.attention_dropout_rate} needs '
+                       f"attention_impl='reference' (the fused kernel has no dropout); or set "
+                       f'attention_dropout_rate=0.')
+
+  # ---- Front ends: input -> tokens x_BxNxD (before positions) and mask_BxN or None ----
+  def _embed_features(self, x: jnp.ndarray, dtype: Any):
+    if x.ndim == 2:  # x_BxL: one scalar per token
+      x = x[..., None]
+    if x.ndim != 3:
+      raise ValueError(f"frontend='features' expects x_BxL or x_BxLxC, got shape {x.shape}.")
+    x_BxNxD = layers.dense(self.hidden_size, 'patch', 'embed', name='feature_embed',
+                           dtype=dtype)(x.astype(jnp.float32))
+    return x_BxNxD, None
+
+  def _embed_image(self, x: jnp.ndarray, dtype: Any):
+    if x.ndim == 3:  # x_BxHxW: one channel
+      x = x[..., None]
+    if x.ndim != 4:
+      raise ValueError(f"frontend='image' expects x_BxHxWxC, got shape {x.shape}; reshape "
+                       'flat pixels to images first.')
+    b, h, w, c = x.shape
+    p = self.patch_size
+    if h % p or w % p:
+      raise ValueError(f'Image size {h}x{w} is not divisible by patch_size={p}.')
+    # Non-overlapping patches as a reshape plus a Dense: the same as a stride-p conv, without
+    # XLA's slow CPU convolutions.
+    patches = x.astype(jnp.float32).reshape(b, h // p, p, w // p, p, c)
+    patches_BxNxP = patches.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // p) * (w // p),
+                                                                p * p * c)
+    x_BxNxD = layers.dense(self.hidden_size, 'patch', 'embed', name='patch_embed',
+                           dtype=dtype)(patches_BxNxP)
+    return x_BxNxD, None
+
+  def _embed_text(self, x: jnp.ndarray, dtype: Any, mask_BxN: jnp.ndarray | None):
+    if x.ndim != 2:
+      raise ValueError(f"frontend='text' expects token ids x_BxL, got shape {x.shape}.")
+    if x.shape[1] > self.max_length:
+      raise ValueError(f'Text of length {x.shape[1]} is longer than max_length='
+                       f'{self.max_length}; raise max_length or truncate the tokens.')
+    tokens_BxN = x.astype(jnp.int32)  # the default input pipeline hands over float32 ids
+    if mask_BxN is None:
+      mask_BxN = tokens_BxN != self.pad_id
+    x_BxNxD = nn.Embed(
+        self.vocab_size, self.hidden_size, dtype=dtype,
+        embedding_init=nn.with_logical_partitioning(_EMBED_INIT, ('vocab', 'embed')),
+        name='token_embed')(tokens_BxN)
+    return x_BxNxD, mask_BxN
+
+  def _add_positions(self, x_BxNxD: jnp.ndarray) -> jnp.ndarray:
+    n, dim = x_BxNxD.shape[1:]
+    if self.position_embedding == 'none':
+      return x_BxNxD
+    if self.position_embedding == 'sinusoidal':
+      pos_NxD = sinusoidal_positions(n, dim)
+    else:
+      rows = self.max_length if self.frontend == 'text' else n
+      pos_NxD = self.param('pos_embed',
+                           nn.with_logical_partitioning(_EMBED_INIT, ('length', 'embed')),
+                           (rows, dim), jnp.float32)[:n]
+    return x_BxNxD + pos_NxD.astype(x_BxNxD.dtype)[None]
+
+  def _encode(self, x_BxLxD: jnp.ndarray, mask_BxL: jnp.ndarray | None,
+              deterministic: bool, dtype: Any) -> jnp.ndarray:
+    block_cls = EncoderBlock
+    if self.remat:
+      # Under scan, CSE across iterations cannot undo the remat, so prevent_cse can go.
+      block_cls = nn.remat(block_cls, policy=getattr(jax.checkpoint_policies,
+                                                     self.remat_policy),
+                           prevent_cse=not self.scan_layers)
+    kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                  dropout_rate=self.dropout_rate,
+                  attention_dropout_rate=self.attention_dropout_rate,
+                  attention_impl=self.attention_impl, dtype=dtype,
+                  deterministic=deterministic)
+    if self.scan_layers:
+      blocks = nn.scan(block_cls, variable_axes={'params': 0},
+                       split_rngs={'params': True, 'dropout': True},
+                       in_axes=(nn.broadcast,), length=self.num_layers,
+                       metadata_params={nn.PARTITION_NAME: 'layers'})
+      x_BxLxD, _ = blocks(scanned=True, name='blocks', **kwargs)(x_BxLxD, mask_BxL)
+    else:
+      for i in range(self.num_layers):
+        x_BxLxD = block_cls(name=f'block_{i}', **kwargs)(x_BxLxD, mask_BxL)
+    return _layer_norm(dtype, 'ln_final')(x_BxLxD)
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False,
+               mask_BxL: jnp.ndarray | None = None) -> jnp.ndarray:
+    """`logits_BxK` ('classify') or `logits_BxNxV` ('masked_lm'), float32.
+
+    `mask_BxL` (text only) overrides the padding mask `x != pad_id`.
+    """
+    self.check()
+    dtype = jnp.dtype(self.dtype)
+    deterministic = not train
+    if self.frontend == 'features':
+      x_BxNxD, mask_BxN = self._embed_features(x, dtype)
+    elif self.frontend == 'image':
+      x_BxNxD, mask_BxN = self._embed_image(x, dtype)
+    else:
+      x_BxNxD, mask_BxN = self._embed_text(x, dtype, mask_BxL)
+    x_BxNxD = self._add_positions(x_BxNxD)
+
+    if self.uses_class_token:
+      cls_D = self.param('cls_token', nn.with_logical_partitioning(_EMBED_INIT, ('embed',)),
+                         (self.hidden_size,), jnp.float32)
+      cls_Bx1xD = jnp.broadcast_to(cls_D.astype(dtype), (x_BxNxD.shape[0], 1, self.hidden_size))
+      x_BxNxD = jnp.concatenate([cls_Bx1xD, x_BxNxD], axis=1)
+      if mask_BxN is not None:
+        mask_BxN = jnp.concatenate([jnp.ones_like(mask_BxN[:, :1]), mask_BxN], axis=1)
+    x_BxNxD = nn.Dropout(self.dropout_rate, deterministic=deterministic)(x_BxNxD)
+    x_BxNxD = nn.with_logical_constraint(x_BxNxD.astype(dtype), ACTIVATION_AXES)
+
+    x_BxNxD = self._encode(x_BxNxD, mask_BxN, deterministic, dtype)
+
+    if self.head == 'masked_lm':
+      logits_BxNxV = layers.dense(self.vocab_size, 'embed', 'vocab', name='mlm_head',
+                                  dtype=dtype)(x_BxNxD)
+      return logits_BxNxV.astype(jnp.float32)
+
+    if self.pooling == 'cls':
+      pooled_BxD = x_BxNxD[:, 0]
+    elif mask_BxN is None:
+      pooled_BxD = x_BxNxD.astype(jnp.float32).mean(axis=1)
+    else:
+      weight_BxN = mask_BxN.astype(jnp.float32)
+      pooled_BxD = (jnp.einsum('bnd,bn->bd', x_BxNxD.astype(jnp.float32), weight_BxN)
+                    / jnp.maximum(weight_BxN.sum(axis=1, keepdims=True), 1.0))
+    logits_BxK = layers.dense(self.num_classes, 'embed', 'classes', name='head',
+                              dtype=dtype)(pooled_BxD)
+    return logits_BxK.astype(jnp.float32)

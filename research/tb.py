@@ -1,0 +1,87 @@
+"""TensorBoard scalars without TensorFlow, through `tensorboardX` (protobuf + numpy only).
+
+Layout: one event directory per split (`<logdir>/train`, `<logdir>/test`, ...) with the
+same tags in each (`loss`, `accuracy`, ...), so TensorBoard overlays train and eval
+curves of a metric on one chart. View with `tensorboard --logdir <workdir>/tensorboard`
+(tensorboard itself is not a dependency of this package).
+"""
+from __future__ import annotations
+
+import glob
+import math
+import os
+from typing import Any
+
+_INSTALL_HINT = ('TensorBoard event files need the `tensorboardX` package (pure Python, no '
+                 'TensorFlow): pip install "tensorboardX>=2.6.5,<2.7".')
+
+
+def available() -> bool:
+  try:
+    import tensorboardX  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+class ScalarWriter:
+  """`write(step, split, metrics)` like `writers.MetricsLog`, into TensorBoard event files."""
+
+  def __init__(self, logdir: str):
+    try:
+      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+    except ImportError as e:
+      raise ImportError(_INSTALL_HINT) from e
+    self._summary_writer_cls = SummaryWriter
+    self.logdir = logdir
+    self._writers: dict[str, Any] = {}
+
+  def write(self, step: int, split: str, metrics: dict[str, Any]) -> int:
+    """Writes the finite numeric entries of `metrics`; returns how many were written."""
+    if split not in self._writers:
+      self._writers[split] = self._summary_writer_cls(os.path.join(self.logdir, split))
+    writer = self._writers[split]
+    written = 0
+    for tag, value in sorted(metrics.items()):
+      if isinstance(value, bool) or not isinstance(value, (int, float)):
+        continue
+      if not math.isfinite(value):
+        continue
+      writer.add_scalar(tag, float(value), global_step=int(step))
+      written += 1
+    return written
+
+  def flush(self) -> None:
+    for writer in self._writers.values():
+      writer.flush()
+
+  def close(self) -> None:
+    for writer in self._writers.values():
+      writer.close()
+    self._writers = {}
+
+  def __enter__(self) -> ScalarWriter:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def write_scalars(metrics_jsonl_path: str, logdir: str) -> int:
+  """Rewrites `logdir` from metrics.jsonl (idempotent); returns the number of scalars.
+
+  Event files from an earlier call are removed first, so regenerating a report does not
+  double every curve. Later records of a repeated (split, step) win, as in the plots.
+  """
+  from research import plots  # pylint: disable=import-outside-toplevel
+
+  series = plots.read_metrics(metrics_jsonl_path)
+  for old in glob.glob(os.path.join(logdir, '*', 'events.out.tfevents.*')):
+    os.remove(old)
+  written = 0
+  with ScalarWriter(logdir) as writer:
+    for split, data in series.items():
+      keys = [k for k in data if k != 'step']
+      for i, step in enumerate(data['step']):
+        written += writer.write(int(step), split, {k: data[k][i] for k in keys})
+  return written

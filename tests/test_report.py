@@ -1,0 +1,212 @@
+"""research.report / plots / tb / compare / references on a hand-made workdir."""
+import glob
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from research import compare, metrics, plots, references, report, tb
+
+CONFUSION = [[40, 5, 5], [10, 30, 10], [0, 0, 0]]  # class 2: never a label, never predicted
+
+
+def _test_totals():
+  """Host-side statistics for 100 examples, as batch_statistics would sum them."""
+  confusion = np.array(CONFUSION, np.int32)
+  return {
+      'loss_sum': np.float32(81.25),
+      'count': np.int32(100),
+      'confusion': confusion,
+      'top_1_correct': np.int32(70),
+      'top_5_correct': np.int32(100),
+      'ece_count': np.array([0, 0, 0, 0, 0, 0, 0, 0, 20, 30, 0, 0, 0, 0, 50], np.int32),
+      'ece_confidence_sum': np.array([0] * 8 + [11.0, 19.5] + [0] * 4 + [49.0], np.float32),
+      'ece_correct_sum': np.array([0] * 8 + [10, 15] + [0] * 4 + [45], np.int32),
+  }
+
+
+def _write_jsonl(path, records):
+  with open(path, 'w') as f:
+    for r in records:
+      f.write(json.dumps(r) + '\n')
+
+
+def _make_workdir(root, name='run', *, model='cnn', accuracy=None, seed=0):
+  workdir = os.path.join(root, name)
+  os.makedirs(workdir)
+  test = metrics.summarize(_test_totals())
+  if accuracy is not None:
+    test['accuracy'] = accuracy
+  records = []
+  for step in range(100, 501, 100):
+    records.append({'step': step, 'split': 'train', 'loss': 2.0 / step * 100,
+                    'accuracy': 0.1 + step / 1000, 'grad_norm': 1.0, 'examples_per_s': 5e4})
+  for step in (250, 500):
+    records.append({'step': step, 'split': 'test', 'loss': 0.9, 'accuracy': 0.6 + step / 5000})
+  # A resumed run repeats step 500: the later record must win.
+  records.append({'step': 500, 'split': 'test', **metrics.scalars(test)})
+  _write_jsonl(os.path.join(workdir, 'metrics.jsonl'), records)
+  results = {
+      'test': test,
+      'train': {'loss': 0.4, 'accuracy': 0.85, 'grad_norm': 0.5, 'examples_per_s': 5e4},
+      'steps': 500, 'num_params': 5210, 'wall_time_s': 12.5, 'compile_time_s': 1.5,
+      'train_examples_per_s': 51234.0, 'devices': 1, 'platform': 'cpu',
+  }
+  config = {'seed': seed, 'batch_size': 100, 'log_every_steps': 100,
+            'dataset': {'name': 'mnist1d'}, 'model': {'name': model},
+            'optimizer': {'name': 'adam', 'learning_rate': 0.01, 'schedule': 'constant'}}
+  for filename, obj in (('results.json', results), ('config.json', config)):
+    with open(os.path.join(workdir, filename), 'w') as f:
+      json.dump(obj, f)
+  return workdir
+
+
+def _assert_png(path, min_px=200, max_px=4000):
+  with open(path, 'rb') as f:
+    head = f.read(24)
+  assert head[:8] == b'\x89PNG\r\n\x1a\n', path
+  width, height = struct.unpack('>II', head[16:24])
+  assert min_px <= width <= max_px and min_px <= height <= max_px, (path, width, height)
+  with Image.open(path) as image:
+    image.verify()  # a complete, decodable file
+
+
+def test_summary_of_hand_made_totals():
+  test = metrics.summarize(_test_totals())
+  assert test['accuracy'] == 0.7 and test['top_5_accuracy'] == 1.0
+  assert test['per_class']['precision'] == pytest.approx([0.8, 30 / 35, 0.0])
+  assert test['macro_recall'] == pytest.approx((0.8 + 0.6 + 0.0) / 3)  # absent class: 0
+  assert test['ece'] == pytest.approx((1.0 + 4.5 + 4.0) / 100)
+
+
+def test_write_report(tmp_path):
+  workdir = _make_workdir(str(tmp_path))
+  path = report.write_report(workdir)
+  assert path == os.path.join(workdir, 'report.md')
+  text = open(path).read()
+  for png in ('learning_curves.png', 'confusion_test.png', 'reliability_test.png'):
+    _assert_png(os.path.join(workdir, 'plots', png))
+    assert f'(plots/{png})' in text
+  assert '| test | 0.8125 | 70.00 | 100.00 |' in text   # loss, accuracy %, top-5 %
+  assert '| train (mean of last 100 steps) | 0.4000 | 85.00 |' in text
+  assert '| mnist1d | cnn | 70.00 | 1 | 94.0 | -24.00 |' in text  # vs the paper
+  assert '5,210' in text and '51,234 examples/s' in text
+  assert '| 2 | 0.0000 | 0.0000 | 0.0000 | 0 |' in text  # per-class row of the absent class
+
+  # Regenerating is idempotent (TensorBoard files are replaced, not appended).
+  report.write_report(workdir)
+  assert open(path).read().replace(
+      'TensorBoard', '') == text.replace('TensorBoard', '')
+
+
+def test_write_report_needs_results(tmp_path):
+  with pytest.raises(FileNotFoundError, match='results.json'):
+    report.write_report(str(tmp_path))
+
+
+def test_learning_curves_keep_last_record_of_repeated_step(tmp_path):
+  workdir = _make_workdir(str(tmp_path))
+  series = plots.read_metrics(os.path.join(workdir, 'metrics.jsonl'))
+  assert series['test']['step'] == [250.0, 500.0]
+  assert series['test']['accuracy'] == [0.65, 0.7]
+  assert series['train']['step'] == [100.0, 200.0, 300.0, 400.0, 500.0]
+
+
+def test_confusion_plot_many_classes(tmp_path):
+  matrix = np.random.default_rng(0).integers(0, 5, size=(100, 100))
+  out = plots.confusion_matrix_plot(matrix, None, str(tmp_path / 'c.png'))
+  _assert_png(out)
+  with pytest.raises(ValueError, match='class names'):
+    plots.confusion_matrix_plot(matrix, ['a', 'b'], str(tmp_path / 'd.png'))
+
+
+def _read_events(path):
+  """(tag, step, value) from a TFRecord event file, without TensorFlow."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+  data = open(path, 'rb').read()
+  out, pos = [], 0
+  while pos < len(data):
+    (length,) = struct.unpack('<Q', data[pos:pos + 8])
+    event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+    pos += 12 + length + 4
+    out.extend((v.tag, event.step, v.simple_value) for v in event.summary.value)
+  return out
+
+
+def test_tensorboard_scalars(tmp_path):
+  pytest.importorskip('tensorboardX')
+  workdir = _make_workdir(str(tmp_path))
+  report.write_report(workdir)
+  report.write_report(workdir)  # a second call must not duplicate the curves
+  files = sorted(glob.glob(os.path.join(workdir, 'tensorboard', '*', 'events.out.tfevents.*')))
+  assert [os.path.basename(os.path.dirname(f)) for f in files] == ['test', 'train']
+  test_events = _read_events(files[0])
+  train_events = _read_events(files[1])
+  assert [(s, round(v, 4)) for t, s, v in train_events if t == 'loss'] == [
+      (100, 2.0), (200, 1.0), (300, 0.6667), (400, 0.5), (500, 0.4)]
+  assert [(s, round(v, 4)) for t, s, v in test_events if t == 'accuracy'] == [
+      (250, 0.65), (500, 0.7)]
+
+
+def test_tensorboard_missing_package_is_a_clear_error(monkeypatch):
+  import builtins  # pylint: disable=import-outside-toplevel
+  real_import = builtins.__import__
+
+  def no_tensorboardx(name, *args, **kwargs):
+    if name.startswith('tensorboardX'):
+      raise ImportError(name)
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, '__import__', no_tensorboardx)
+  assert not tb.available()
+  with pytest.raises(ImportError, match='pip install'):
+    tb.ScalarWriter('/nonexistent')
+
+
+def test_references():
+  assert [(r.model, r.value) for r in references.for_dataset('mnist1d')] == [
+      ('logistic', 32.0), ('mlp', 68.0), ('cnn', 94.0), ('gru', 91.0), ('human', 96.0)]
+  assert references.for_config_file('configs/mnist1d/logistic.py').value == 32.0
+  assert references.for_config_file('/abs/repo/configs/mnist1d/cnn.py').model == 'cnn'
+  assert references.lookup('mnist1d', 'transformer') is None
+  assert 'Greydanus' in references.lookup('mnist1d', 'mlp').citation
+
+
+def test_compare_command(tmp_path, capsys):
+  root = str(tmp_path)
+  _make_workdir(root, 'cnn_seed0', accuracy=0.92, seed=0)
+  _make_workdir(root, 'cnn_seed1', accuracy=0.93, seed=1)
+  _make_workdir(root, 'mlp_seed0', model='mlp', accuracy=0.65)
+  _make_workdir(root, 'tiny_seed0', model='transformer', accuracy=0.5)
+  os.makedirs(os.path.join(root, 'unfinished'))  # no results.json: ignored
+
+  assert compare.main([root]) == 0
+  rows = capsys.readouterr().out.splitlines()
+  assert '| mnist1d | mlp | 65.00 | 1 | 68.0 | -3.00 |' in rows
+  assert '| mnist1d | cnn | 92.50 ± 0.71 | 2 | 94.0 | -1.50 |' in rows
+  assert '| mnist1d | transformer | 50.00 | 1 | - | - |' in rows
+  assert rows.index('| mnist1d | mlp | 65.00 | 1 | 68.0 | -3.00 |') < rows.index(
+      '| mnist1d | cnn | 92.50 ± 0.71 | 2 | 94.0 | -1.50 |')  # the paper's row order
+
+  assert compare.main(['--glob', os.path.join(root, 'cnn_*'), '--all-references']) == 0
+  out = capsys.readouterr().out
+  assert '| mnist1d | cnn | 92.50 ± 0.71 | 2 | 94.0 | -1.50 |' in out
+  assert '| mnist1d | human (Human expert) | - | 0 | 96.0 | - |' in out
+
+  assert compare.main([os.path.join(root, 'unfinished')]) == 1
+  assert compare.main([root, '--split', 'validation']) == 1
+  assert 'no \'validation\' accuracy' in capsys.readouterr().err
+
+
+def test_comparison_table_function():
+  table = compare.comparison_table({'logistic': [0.315], 'cnn': [0.923, 0.94, 0.93]})
+  lines = table.splitlines()
+  assert '| mnist1d | logistic (Logistic regression) | 31.50 | 1 | 32.0 | -0.50 |' in lines
+  assert '| mnist1d | cnn | 93.10 ± 0.85 | 3 | 94.0 | -0.90 |' in lines
+  assert any(line.startswith('Paper: Greydanus') for line in lines)
+  assert compare.comparison_table({'mlp': [65.1]}, unit='percent').count('-2.90') == 1
+  with pytest.raises(ValueError, match="unit='percent'"):
+    compare.comparison_table({'mlp': [65.1]})
