@@ -35,14 +35,17 @@ class Checkpointer:
     self.best_metric = best_metric
     self.best_mode = best_mode
     keep_policies: list[Any] = [policies.LatestN(n=keep)]
+    best_fn = None
     if best_metric:
-      keep_policies.append(policies.BestN(
-          get_metric_fn=lambda m: m[best_metric], reverse=best_mode == 'min', n=1,
-          keep_checkpoints_without_metrics=False))
+      best_fn = lambda metrics: metrics[best_metric]  # noqa: E731
+      keep_policies.append(policies.BestN(get_metric_fn=best_fn, reverse=best_mode == 'min',
+                                          n=1, keep_checkpoints_without_metrics=False))
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(keep_policies),
+            best_fn=best_fn,  # Orbax stores per-step metrics only when this is set
+            best_mode=best_mode,
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True),  # half-written saves of a killed process
         item_names=('state', 'data'))
@@ -70,14 +73,7 @@ class Checkpointer:
     """The step with the best `best_metric` among kept checkpoints (None if none has it)."""
     if not self.best_metric:
       return None
-    scored = []
-    for step in self.all_steps():
-      metrics = self._manager.metrics(step)
-      if metrics and self.best_metric in metrics:
-        scored.append((metrics[self.best_metric], step))
-    if not scored:
-      return None
-    return (max(scored) if self.best_mode == 'max' else min(scored))[1]
+    return self._manager.best_step()
 
   def restore(self, abstract_state, data_iterator, step: int | None = None):
     """Restores `step` (default: the newest that restores) onto `abstract_state`'s shardings.

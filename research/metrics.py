@@ -40,6 +40,16 @@ _TOP_K_KEY = re.compile(r'^top_(\d+)_correct$')
 # Classification
 # ---------------------------------------------------------------------------
 
+def _replicated_if_explicit(x: jax.Array):
+  """Under an explicit-axes mesh a contraction over the sharded batch axis must name its
+  output sharding: replicated. Under auto axes (or no mesh) XLA chooses: None."""
+  sharding = jax.typeof(x).sharding
+  axis_types = getattr(sharding.mesh, 'axis_types', None) or ()
+  if any(t == jax.sharding.AxisType.Explicit for t in axis_types):
+    return sharding.update(spec=jax.sharding.PartitionSpec())
+  return None
+
+
 def batch_statistics(logits_BxK: jax.Array, labels_B: jax.Array, mask_B: jax.Array, *,
                      num_classes: int, top_k: Sequence[int] = (1, 5),
                      num_ece_bins: int = 15) -> Statistics:
@@ -76,8 +86,14 @@ def batch_statistics(logits_BxK: jax.Array, labels_B: jax.Array, mask_B: jax.Arr
   log_probs_BxK = jax.nn.log_softmax(logits_BxK, axis=-1)
   nll_B = -jnp.take_along_axis(log_probs_BxK, labels_B[:, None], axis=-1)[:, 0]
   preds_B = jnp.argmax(logits_BxK, axis=-1).astype(jnp.int32)
-  confusion_KxK = jnp.zeros((num_classes, num_classes), jnp.int32).at[
-      labels_B, preds_B].add(one_B)
+  # One-hot products, not scatter-adds: a reduction over the (sharded) batch axis needs no
+  # out_sharding under explicit meshes, and is a matmul on TPU. 0/1 products summed in
+  # float32 are exact for batches below 2**24 examples.
+  true_BxK = jax.nn.one_hot(labels_B, num_classes, dtype=jnp.float32) * one_B[:, None]
+  pred_BxK = jax.nn.one_hot(preds_B, num_classes, dtype=jnp.float32)
+  confusion_KxK = jnp.round(jnp.einsum(
+      'bi,bj->ij', true_BxK, pred_BxK, precision=jax.lax.Precision.HIGHEST,
+      out_sharding=_replicated_if_explicit(true_BxK))).astype(jnp.int32)
 
   # Rank of the true class in the order "higher logit first, lower index on ties":
   # the number of classes that beat it. This is the order of argmax and lax.top_k.
@@ -92,9 +108,11 @@ def batch_statistics(logits_BxK: jax.Array, labels_B: jax.Array, mask_B: jax.Arr
   bin_B = jnp.clip(jnp.ceil(confidence_B * num_ece_bins).astype(jnp.int32) - 1,
                    0, num_ece_bins - 1)
 
+  in_bin_BxN = jax.nn.one_hot(bin_B, num_ece_bins, dtype=jnp.int32) * one_B[:, None]
+
   def per_bin(values_B, dtype):
-    return jnp.zeros((num_ece_bins,), dtype).at[bin_B].add(
-        jnp.where(mask_B, values_B, 0).astype(dtype))
+    values_B = jnp.where(mask_B, values_B, 0).astype(dtype)
+    return (in_bin_BxN.astype(dtype) * values_B[:, None]).sum(axis=0)
 
   stats = {
       'loss_sum': jnp.where(mask_B, nll_B, 0.0).sum(),

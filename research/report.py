@@ -17,14 +17,14 @@ from absl import logging
 
 from research import compare, plots, references, tb
 
-_NOT_SPLITS = {'train', 'steps', 'num_params', 'wall_time_s', 'compile_time_s',
+_NOT_SPLITS = {'train', 'class_names', 'steps', 'num_params', 'wall_time_s', 'compile_time_s',
                'train_examples_per_s', 'devices', 'platform'}
 
 
 def eval_splits(results: dict[str, Any]) -> list[str]:
-  """The eval splits in results.json: dict entries with an accuracy, other than train."""
+  """The eval splits in results.json: dict entries with a loss, other than train."""
   return [k for k, v in results.items()
-          if k not in _NOT_SPLITS and isinstance(v, dict) and 'accuracy' in v]
+          if k not in _NOT_SPLITS and isinstance(v, dict) and 'loss' in v]
 
 
 def _num(value: Any, fmt: str, scale: float = 1.0) -> str:
@@ -45,21 +45,33 @@ def _get(config: dict[str, Any], dotted: str) -> Any:
   return node
 
 
+# (results key, column header, format, scale); a column appears when any split has the key.
+_COLUMNS = (
+    ('loss', 'loss', '.4f', 1.0),
+    ('accuracy', 'accuracy %', '.2f', 100.0),
+    ('top_5_accuracy', 'top-5 %', '.2f', 100.0),
+    ('macro_f1', 'macro F1', '.4f', 1.0),
+    ('ece', 'ECE', '.4f', 1.0),
+    ('masked_accuracy', 'masked accuracy %', '.2f', 100.0),
+    ('perplexity', 'perplexity', '.3f', 1.0),
+    ('num_examples', 'examples', 'd', 1.0),
+    ('num_tokens', 'tokens', ',d', 1.0),
+)
+
+
 def _metrics_table(results: dict[str, Any], config: dict[str, Any]) -> list[str]:
-  lines = ['| split | loss | accuracy % | top-5 % | macro F1 | ECE | examples |',
-           '|---|---:|---:|---:|---:|---:|---:|']
+  rows: list[tuple[str, dict[str, Any]]] = []
   train = results.get('train')
   if isinstance(train, dict) and train:
     every = _get(config, 'log_every_steps')
-    label = f'train (mean of last {every} steps)' if every else 'train'
-    lines.append(f"| {label} | {_num(train.get('loss'), '.4f')} | "
-                 f"{_num(train.get('accuracy'), '.2f', 100)} | - | - | - | - |")
-  for split in eval_splits(results):
-    m = results[split]
-    lines.append(
-        f"| {split} | {_num(m.get('loss'), '.4f')} | {_num(m.get('accuracy'), '.2f', 100)} | "
-        f"{_num(m.get('top_5_accuracy'), '.2f', 100)} | {_num(m.get('macro_f1'), '.4f')} | "
-        f"{_num(m.get('ece'), '.4f')} | {_num(m.get('num_examples'), 'd')} |")
+    rows.append((f'train (mean of last {every} steps)' if every else 'train', train))
+  rows += [(split, results[split]) for split in eval_splits(results)]
+  columns = [c for c in _COLUMNS if any(c[0] in m for _, m in rows)]
+  lines = ['| split | ' + ' | '.join(c[1] for c in columns) + ' |',
+           '|---|' + '---:|' * len(columns)]
+  for label, m in rows:
+    cells = [_num(m.get(key), fmt, scale) for key, _, fmt, scale in columns]
+    lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
   return lines
 
 
@@ -76,6 +88,9 @@ def _facts_table(results: dict[str, Any], config: dict[str, Any]) -> list[str]:
       ('schedule', _get(config, 'optimizer.schedule')),
       ('devices', f"{results['devices']} × {results.get('platform', '?')}"
        if 'devices' in results else None),
+      ('processes', results.get('processes')),
+      ('resumed from step', results.get('resumed_from_step') or None),
+      ('best checkpoint step', results.get('best_checkpoint_step')),
       ('wall time', _num(results.get('wall_time_s'), '.1f') + ' s'
        if 'wall_time_s' in results else None),
       ('compile time', _num(results.get('compile_time_s'), '.1f') + ' s'
@@ -110,6 +125,7 @@ def write_report(workdir: str, *, class_names: Sequence[str] | None = None,
   """Writes workdir/report.md, workdir/plots/*.png and workdir/tensorboard/; returns report.md.
 
   results.json is required; config.json and metrics.jsonl are used when present.
+  Class names come from the argument, else results.json's 'class_names', else 0..K-1.
   TensorBoard files are skipped, with a warning, if tensorboardX is not installed.
   """
   results_path = os.path.join(workdir, 'results.json')
@@ -122,6 +138,8 @@ def write_report(workdir: str, *, class_names: Sequence[str] | None = None,
   plot_dir = os.path.join(workdir, 'plots')
   os.makedirs(plot_dir, exist_ok=True)
   dataset, model = _get(config, 'dataset.name'), _get(config, 'model.name')
+  if class_names is None and isinstance(results.get('class_names'), list):
+    class_names = [str(c) for c in results['class_names']]
   splits = eval_splits(results)
 
   # ---- Figures ----
@@ -170,7 +188,7 @@ def write_report(workdir: str, *, class_names: Sequence[str] | None = None,
     for caption, path in figures:
       lines += [f'![{caption}]({path})', '']
   if tb_note:
-    lines += [tb_note, '']
+    lines += [tb_note]
   for split in splits:
     metrics = results[split]
     if 'per_class' in metrics:

@@ -1,5 +1,9 @@
 """research.metrics against scikit-learn and small numpy references."""
 import functools
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -207,3 +211,49 @@ def test_masked_token_accuracy_and_perplexity():
   total = functools.reduce(lambda x, y: jax.tree.map(jnp.add, x, y), halves)
   assert metrics.summarize_masked_tokens(total)['perplexity'] == pytest.approx(
       out['perplexity'], rel=1e-6)
+
+
+_SHARDED_SCRIPT = textwrap.dedent("""
+    import functools
+    import jax, numpy as np
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    from research import metrics
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(96, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 96)
+    mask = np.arange(96) < 90
+    tokens = rng.normal(size=(16, 6, 9)).astype(np.float32)
+    targets = rng.integers(0, 9, (16, 6))
+    weights = (rng.random((16, 6)) < 0.5).astype(np.float32)
+    stats = functools.partial(metrics.batch_statistics, num_classes=10)
+    single = metrics.summarize(jax.jit(stats)(logits, labels, mask))
+    single_tok = metrics.summarize_masked_tokens(
+        jax.jit(metrics.masked_token_statistics)(tokens, targets, weights))
+    assert len(jax.devices()) == 8
+    for axis_type in (AxisType.Explicit, AxisType.Auto):
+      mesh = jax.make_mesh((8,), ('data',), axis_types=(axis_type,))
+      batch, out = NamedSharding(mesh, P('data')), NamedSharding(mesh, P())
+      with jax.set_mesh(mesh):
+        got = metrics.summarize(jax.jit(stats, out_shardings=out)(
+            *(jax.device_put(x, batch) for x in (logits, labels, mask))))
+        tok = metrics.summarize_masked_tokens(jax.jit(
+            metrics.masked_token_statistics, out_shardings=out)(
+                *(jax.device_put(x, batch) for x in (tokens, targets, weights))))
+      for key in ('num_examples', 'confusion_matrix', 'accuracy', 'top_5_accuracy',
+                  'macro_f1'):
+        assert got[key] == single[key], (axis_type, key)
+      assert abs(got['loss'] - single['loss']) < 1e-6, axis_type
+      assert abs(tok['perplexity'] - single_tok['perplexity']) < 1e-4, axis_type
+    print('ok')
+""")
+
+
+def test_statistics_of_a_batch_sharded_over_8_devices():
+  """The same numbers when the batch is sharded over a mesh, explicit or auto axes."""
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+         'JAX_PLATFORMS': 'cpu'}
+  proc = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT], env=env, capture_output=True,
+                        text=True, timeout=120,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 0 and proc.stdout.strip() == 'ok', proc.stderr[-3000:]

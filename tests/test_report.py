@@ -53,7 +53,8 @@ def _make_workdir(root, name='run', *, model='cnn', accuracy=None, seed=0):
       'test': test,
       'train': {'loss': 0.4, 'accuracy': 0.85, 'grad_norm': 0.5, 'examples_per_s': 5e4},
       'steps': 500, 'num_params': 5210, 'wall_time_s': 12.5, 'compile_time_s': 1.5,
-      'train_examples_per_s': 51234.0, 'devices': 1, 'platform': 'cpu',
+      'train_examples_per_s': 51234.0, 'devices': 1, 'processes': 1, 'platform': 'cpu',
+      'resumed_from_step': 0, 'best_checkpoint_step': None,
   }
   config = {'seed': seed, 'batch_size': 100, 'log_every_steps': 100,
             'dataset': {'name': 'mnist1d'}, 'model': {'name': model},
@@ -100,6 +101,20 @@ def test_write_report(tmp_path):
   report.write_report(workdir)
   assert open(path).read().replace(
       'TensorBoard', '') == text.replace('TensorBoard', '')
+
+
+def test_report_of_a_masked_token_run(tmp_path):
+  workdir = _make_workdir(str(tmp_path))
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  results['test'] = {'loss': 2.0, 'masked_accuracy': 0.4, 'perplexity': 7.389,
+                     'num_tokens': 12345.0}
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(results, f)
+  text = open(report.write_report(workdir, tensorboard=False)).read()
+  assert '| split | loss | accuracy % | masked accuracy % | perplexity | tokens |' in text
+  assert '| test | 2.0000 | - | 40.00 | 7.389 | 12,345 |' in text
+  assert 'Compared with the paper' not in text  # no accuracy to compare
 
 
 def test_write_report_needs_results(tmp_path):

@@ -1,0 +1,169 @@
+"""Fault tolerance: exact resume after SIGKILL, chaos kills, SIGTERM, corruption, NaN guard."""
+import glob
+import json
+import logging
+import os
+import random
+import signal
+
+import jax.numpy as jnp
+import pytest
+
+from research import preemption, train
+from tests import checkpoint_utils as cu
+from tests.helpers import read_jsonl, tiny_config
+
+STEPS = 400
+EVERY = 40
+OVERRIDES = (f'--config.num_train_steps={STEPS}', f'--config.checkpoint.every_steps={EVERY}',
+             '--config.log_every_steps=20', '--config.checkpoint.keep=2')
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('uninterrupted'))
+  proc = cu.start(cu.train_command(workdir, 'configs/mnist1d/cnn.py', *OVERRIDES))
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  return workdir
+
+
+def _chaos(workdir: str, kill_points: list[str], rng: random.Random) -> int:
+  """Kills the run with SIGKILL at each point, restarts it; returns how many kills landed."""
+  landed = 0
+  for point in kill_points:
+    proc = cu.start(cu.train_command(workdir, 'configs/mnist1d/cnn.py', *OVERRIDES))
+    before = cu.finished_checkpoints(workdir)
+    if point == 'after_save':  # right after a new checkpoint completed
+      cu.wait_for(lambda: len(cu.finished_checkpoints(workdir)) > len(before) and
+                  cu.finished_checkpoints(workdir)[-1] > (before or [0])[-1], 120, proc)
+    elif point == 'during_save':  # while an async save's temporary directory exists
+      cu.wait_for(lambda: any('tmp' in d for d in os.listdir(os.path.join(workdir, 'checkpoints'))
+                              ) if os.path.isdir(os.path.join(workdir, 'checkpoints')) else False,
+                  120, proc, interval=0.001)
+    else:  # a random moment, startup included
+      cu.wait_for(lambda: False, rng.uniform(0.5, 4.0), proc)
+    landed += proc.poll() is None
+    cu.kill_group(proc)
+  proc = cu.start(cu.train_command(workdir, 'configs/mnist1d/cnn.py', *OVERRIDES))
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  return landed
+
+
+def test_resume_after_sigkill_is_bitwise_exact(uninterrupted, tmp_path):
+  workdir = str(tmp_path)
+  landed = _chaos(workdir, ['after_save'], random.Random(0))
+  assert landed == 1, 'the run finished before it could be killed: make it longer'
+  results = json.loads(open(os.path.join(workdir, 'results.json')).read())
+  assert results['resumed_from_step'] > 0
+  cu.assert_trees_bitwise_equal(cu.read_state(workdir, STEPS),
+                                cu.read_state(uninterrupted, STEPS))
+  # Same batches: the resumed run's logged training losses equal the uninterrupted run's.
+  losses = lambda w: [(r['step'], r['loss']) for r in read_jsonl(os.path.join(w, 'metrics.jsonl'))
+                      if r['split'] == 'train']
+  assert losses(workdir) == losses(uninterrupted)
+
+
+def test_chaos_kills_resume_to_identical_params(uninterrupted, tmp_path):
+  rng = random.Random(1)
+  landed = _chaos(str(tmp_path), ['during_save', 'random', 'after_save'], rng)
+  assert landed >= 2
+  cu.assert_trees_bitwise_equal(cu.read_state(str(tmp_path), STEPS),
+                                cu.read_state(uninterrupted, STEPS))
+
+
+@pytest.mark.slow
+def test_chaos_ten_kills(uninterrupted, tmp_path):
+  """The full version: `make test-slow` (or pytest -m slow -k chaos_ten)."""
+  rng = random.Random(2)
+  points = ['during_save', 'after_save'] + ['random'] * 6 + ['during_save', 'after_save']
+  landed = _chaos(str(tmp_path), points, rng)
+  assert landed >= 8
+  cu.assert_trees_bitwise_equal(cu.read_state(str(tmp_path), STEPS),
+                                cu.read_state(uninterrupted, STEPS))
+
+
+def test_sigterm_saves_the_current_step_and_exits_with_the_documented_code(tmp_path):
+  workdir = str(tmp_path)
+  proc = cu.start(cu.train_command(workdir, 'configs/mnist1d/cnn.py',
+                                   '--config.num_train_steps=100000',
+                                   '--config.checkpoint.every_steps=0'))
+  assert cu.wait_for(lambda: os.path.exists(os.path.join(workdir, 'metrics.jsonl')), 120, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == preemption.PREEMPTED_EXIT_CODE, err[-3000:]
+  line = next(l for l in err.splitlines() if 'Stopped by SIGTERM after step' in l)
+  step = int(line.split('after step ')[1].split(';')[0])
+  assert cu.finished_checkpoints(workdir) == [step]
+  assert int(cu.read_state(workdir, step)['step']) == step
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+
+
+def test_damaged_latest_checkpoint_is_skipped_and_kept_aside(tmp_path, caplog):
+  config = tiny_config('mlp', steps=20)
+  config.checkpoint.every_steps = 10
+  reference = train.train_and_evaluate(config, str(tmp_path / 'reference'))
+  workdir = str(tmp_path / 'damaged')
+  train.train_and_evaluate(config, workdir)
+  files = [f for f in glob.glob(f'{workdir}/checkpoints/20/state/**', recursive=True)
+           if os.path.isfile(f)]
+  victim = max(files, key=os.path.getsize)
+  with open(victim, 'r+b') as f:
+    f.truncate(os.path.getsize(victim) // 2)
+
+  with caplog.at_level(logging.ERROR):
+    resumed = train.train_and_evaluate(config, workdir)
+  assert 'Checkpoint at step 20 cannot be restored' in caplog.text
+  assert resumed['resumed_from_step'] == 10
+  assert resumed['test']['loss'] == reference['test']['loss']  # retrained 10 -> 20 exactly
+  assert len(os.listdir(f'{workdir}/checkpoints_quarantine')) == 1  # kept, not deleted
+  assert cu.finished_checkpoints(workdir) == [10, 20]
+
+
+def test_missing_checkpoint_directory_falls_back(tmp_path):
+  config = tiny_config('mlp', steps=20)
+  config.checkpoint.every_steps = 10
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir)
+  import shutil
+  shutil.rmtree(f'{workdir}/checkpoints/20/state')
+  assert train.train_and_evaluate(config, workdir)['resumed_from_step'] == 10
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+  config = tiny_config('mlp', steps=40)
+  config.checkpoint.every_steps = 10
+  config.optimizer.learning_rate = 1e30  # diverges within a few steps
+  with pytest.raises(FloatingPointError, match=r'Non-finite training loss .* at step \d+'):
+    train.train_and_evaluate(config, str(tmp_path))
+  steps = cu.finished_checkpoints(str(tmp_path))
+  for step in steps:  # whatever was saved is finite
+    state = cu.read_state(str(tmp_path), step)
+    assert all(bool(jnp.isfinite(x).all()) for x in
+               __import__('jax').tree.leaves(state['params']))
+
+
+def test_skip_policy_drops_non_finite_updates(tmp_path):
+  config = tiny_config('mlp', steps=10)
+  config.nan_policy = 'skip'
+  config.optimizer.learning_rate = 1e30
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['train']['skipped'] > 0
+  state = cu.read_state(str(tmp_path), 10)
+  assert all(bool(jnp.isfinite(x).all()) for x in __import__('jax').tree.leaves(state['params']))
+
+
+def test_best_checkpoint_is_kept_alongside_the_latest(tmp_path):
+  config = tiny_config('mlp', steps=60)
+  config.eval_every_steps = 10
+  config.checkpoint.every_steps = 0
+  config.checkpoint.keep = 1
+  config.checkpoint.best_metric = 'test/loss'
+  config.checkpoint.best_mode = 'min'
+  config.optimizer.learning_rate = 0.05  # overfits: eval loss rises after a while
+  results = train.train_and_evaluate(config, str(tmp_path))
+  evals = [r for r in read_jsonl(tmp_path / 'metrics.jsonl') if r['split'] == 'test']
+  best = min(evals, key=lambda r: r['loss'])['step']
+  assert results['best_checkpoint_step'] == best
+  assert set(cu.finished_checkpoints(str(tmp_path))) == {best, 60}
