@@ -1,20 +1,22 @@
-"""Training throughput and MFU of each model family, and the same model in PyTorch.
+"""Training throughput and MFU of each model family, next to the same model in PyTorch.
 
-    python -m research.bench                                   # mlp, cnn, transformer x small, medium
+    python -m research.bench                                  # mlp, cnn, transformer x small, medium
     python -m research.bench --models=cnn --sizes=medium --json=bench.json
-    python -m research.bench --no-torch                        # jax only (torch is optional)
+    python -m research.bench --no-torch                       # jax only (torch is optional)
     python -m research.bench --device=gpu --dtype=bfloat16 --models=transformer --sizes=bert_base
 
-What is timed is what `research.train` runs: `steps.train_step` with an Adam optimizer from
+What is timed is what `research.train` runs: `steps.train_step` with Adam from
 `optim.create_optimizer`, jitted with the trainer's shardings and state donation, on one
 fixed batch already on the device (the input pipeline is not timed). PyTorch runs the twin
 model (`research.bench_torch`: same shapes, same parameter count, asserted) with
-`torch.optim.Adam`, eagerly, as a PyTorch user would. jax and torch repeats alternate, so
-a noisy neighbour slows both; `jax/torch` is the median of the per-repeat ratios.
+`torch.optim.Adam`, eagerly, in its own process, as a PyTorch user would run it. Repeats
+alternate jax, torch, jax, torch, ... so a noisy neighbour slows both, and `jax/torch` is the
+median of the per-repeat ratios: quote ratios, not seconds, on a shared machine.
 
-MFU = model FLOPs per step / step time / peak (DESIGN.md "MFU convention"). On CPU the peak
-is a 2048^3 fp32 matmul measured in the same run; on accelerators the vendor's dense peak
-for the dtype (H100: 989 TFLOP/s bf16) or `--peak_tflops`.
+MFU = model FLOPs per step / step time / peak, with FLOPs from
+`research.models.flops.model_flops_per_example` (DESIGN.md "MFU convention"). On CPU the peak
+is a 2048^3 fp32 matmul measured in the same run (best of its repeats); on accelerators the
+dense peak of the device and dtype (H100: 989 TFLOP/s bf16), or `--peak_tflops`.
 """
 from __future__ import annotations
 
@@ -22,10 +24,13 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -37,55 +42,450 @@ import numpy as np
 
 from research import config as config_lib
 from research import models, optim, sharding, steps
+from research.models import flops
 
 # ---------------------------------------------------------------------------------------
-# Cases: every (model family, size) this benchmark knows.
+# Cases: every (model family, size) the benchmark knows
 # ---------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class Case:
-  family: str                      # a name in research.models.MODELS
+  """One benchmark row: a model config block, one example's shape and a batch size."""
+  family: str                    # a name in research.models.MODELS
   size: str
-  model: dict[str, Any]            # hyperparameter overrides for models.model_config
-  input_shape: tuple[int, ...]     # one example, channels-last
+  model: dict[str, Any]          # hyperparameters for models.model_config(family, ...)
+  input_shape: tuple[int, ...]   # one example, channels-last, no batch axis
   batch_size: int
   num_classes: int = 10
-  vocab_size: int = 0              # > 0: integer token inputs in [0, vocab_size)
   why: str = ''
 
+  @property
+  def vocab_size(self) -> int:
+    """> 0: the inputs are token ids in [1, vocab_size)."""
+    return self.model.get('vocab_size', 0) if self.model.get('frontend') == 'text' else 0
 
-CASES: dict[tuple[str, str], Case] = {c[:2]: Case(*c[:2], **c[2]) for c in [
-    ('mlp', 'small', dict(
-        model=dict(hidden_sizes=(100, 100), residual=True), input_shape=(40,),
-        batch_size=100, why='MNIST-1D paper MLP and recipe batch (15,210 params)')),
-    ('mlp', 'medium', dict(
-        model=dict(hidden_sizes=(1024, 1024), residual=True), input_shape=(784,),
-        batch_size=512, why='MNIST-sized input, 1024 wide: matmul-bound (1.9M params)')),
-    ('cnn', 'small', dict(
-        model=dict(), input_shape=(40,), batch_size=100,
-        why='MNIST-1D paper CNN and recipe batch (5,210 params)')),
-    ('cnn', 'medium', dict(
-        model=dict(features=(32, 64, 128), kernel_sizes=(3, 3, 3), strides=(1, 2, 2),
-                   padding=1, pooling='flatten'),
-        input_shape=(28, 28, 1), batch_size=128,
-        why='28x28 MNIST images, 32/64/128 channels: conv-bound')),
+
+def _case(family, size, model, input_shape, batch_size, why, num_classes=10) -> Case:
+  return Case(family, size, model, input_shape, batch_size, num_classes, why)
+
+
+CASES: dict[tuple[str, str], Case] = {(c.family, c.size): c for c in [
+    _case('mlp', 'small', dict(hidden_sizes=(100, 100), residual=True), (40,), 100,
+          'MNIST-1D paper MLP, recipe batch'),
+    _case('mlp', 'medium', dict(hidden_sizes=(1024, 1024), residual=True), (784,), 512,
+          '28x28 inputs, 1024 wide: matmul-bound'),
+    _case('cnn', 'small', dict(), (40,), 100, 'MNIST-1D paper CNN, recipe batch'),
+    _case('cnn', 'medium', dict(features=(32, 64, 128), kernel_sizes=(3, 3, 3),
+                                strides=(1, 2, 2), padding=1, pooling='flatten'),
+          (28, 28, 1), 128, '28x28 images, 32/64/128 channels: conv-bound'),
+    # configs/mnist1d/transformer.py, as users run it (dropout 0.1).
+    _case('transformer', 'small', dict(frontend='features', num_layers=3, num_heads=4,
+                                       hidden_size=64, mlp_ratio=2.0, dropout_rate=0.1,
+                                       pooling='cls'),
+          (40,), 100, 'configs/mnist1d/transformer.py'),
+    _case('transformer', 'medium', dict(frontend='text', vocab_size=260, max_length=128,
+                                        num_layers=4, num_heads=4, hidden_size=256,
+                                        mlp_ratio=4.0, dropout_rate=0.0, pooling='cls'),
+          (128,), 32, 'byte-level text, 4 layers, d=256, seq 128: matmul-bound'),
+    _case('transformer', 'bert_base', dict(frontend='text', vocab_size=30522, max_length=512,
+                                           num_layers=12, num_heads=12, hidden_size=768,
+                                           mlp_ratio=4.0, dropout_rate=0.0, pooling='cls'),
+          (512,), 32, 'BERT-base shapes, seq 512: for accelerators'),
 ]}
+FAMILIES = ('mlp', 'cnn', 'transformer')
+DEFAULT_SIZES = ('small', 'medium')
 
-# Transformer cases depend on the model's hyperparameter names; see _transformer_cases().
-_TRANSFORMER_SHAPES = {
-    'small': dict(num_layers=2, d_model=64, num_heads=4, mlp_dim=256, seq_len=40,
-                  batch_size=100, why='MNIST-1D sized encoder (40 positions)'),
-    'medium': dict(num_layers=4, d_model=256, num_heads=4, mlp_dim=1024, seq_len=128,
-                   batch_size=32, why='4 layers, d=256, seq 128: matmul-bound'),
-    'bert_base': dict(num_layers=12, d_model=768, num_heads=12, mlp_dim=3072, seq_len=512,
-                      batch_size=32, why='BERT-base encoder shapes, for accelerators'),
-}
-
-# Dense peak FLOP/s by device kind substring, for the accelerator MFU.
+# Dense peak TFLOP/s by (substring of jax's device_kind, dtype), for accelerator MFU.
 ACCELERATOR_PEAK_TFLOPS = {
     ('H100', 'bfloat16'): 989.0, ('H200', 'bfloat16'): 989.0, ('A100', 'bfloat16'): 312.0,
-    ('H100', 'float32'): 494.5, ('H200', 'float32'): 494.5,  # TF32 dense
     ('TPU v4', 'bfloat16'): 275.0, ('TPU v5 lite', 'bfloat16'): 197.0,
     ('TPU v5e', 'bfloat16'): 197.0, ('TPU v5p', 'bfloat16'): 459.0,
 }
+
+
+def make_batch(case: Case, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """A fixed random batch: float inputs, or token ids in [1, vocab) (no padding)."""
+  rng = np.random.default_rng(seed)
+  shape = (batch_size,) + tuple(case.input_shape)
+  if case.vocab_size:
+    inputs = rng.integers(1, case.vocab_size, shape).astype(np.int32)
+  else:
+    inputs = rng.standard_normal(shape).astype(np.float32)
+  labels = rng.integers(0, case.num_classes, batch_size).astype(np.int32)
+  return {'inputs': inputs, 'labels': labels, 'mask': np.ones(batch_size, bool)}
+
+
+def model_block(case: Case, dtype: str | None = None,
+                overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """The `config.model` block of `case`, with `dtype` and any `overrides` applied."""
+  hp = dict(case.model, **(overrides or {}))
+  if dtype and dtype != 'float32':
+    if 'dtype' not in models.hyperparameters(case.family):
+      raise ValueError(f'--dtype={dtype}: model {case.family!r} has no dtype field; only '
+                       'the transformer takes --dtype.')
+    hp['dtype'] = dtype
+  return models.model_config(case.family, **hp)
+
+
+# ---------------------------------------------------------------------------------------
+# The jax side: the trainer's own step, compiled the trainer's way
+# ---------------------------------------------------------------------------------------
+
+
+class JaxRunner:
+  """Builds state and the jitted train_step like `research.train`; `run(n)` takes n steps."""
+
+  def __init__(self, case: Case, model_cfg: ml_collections.ConfigDict, batch: dict,
+               device: jax.Device, learning_rate: float = 1e-3, seed: int = 0):
+    model = models.build_model(model_cfg, case.num_classes)
+    opt_cfg = config_lib.default_config().optimizer
+    opt_cfg.name = 'adam'
+    opt_cfg.learning_rate = learning_rate
+    tx = optim.create_optimizer(opt_cfg, num_train_steps=1000)
+
+    mesh_cfg = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
+    self.mesh = sharding.make_mesh(mesh_cfg, devices=[device])
+    init_fn = functools.partial(steps.create_train_state, model, tx, batch['inputs'][:1])
+    abstract_state = jax.eval_shape(init_fn, jax.random.key(seed))
+    state_sharding = sharding.tree_shardings(abstract_state, self.mesh)
+    batch_sharding = sharding.batch_sharding(self.mesh)
+    with jax.set_mesh(self.mesh):
+      self.state = jax.jit(lambda rng: nn.unbox(init_fn(rng)),
+                           out_shardings=state_sharding)(jax.random.key(seed))
+      self.batch = jax.device_put(batch, batch_sharding)
+      train_fn = jax.jit(functools.partial(steps.train_step, seed=seed),
+                         in_shardings=(state_sharding, batch_sharding),
+                         out_shardings=(state_sharding, sharding.replicated(self.mesh)),
+                         donate_argnums=(0,))
+      start = time.perf_counter()
+      self.step_fn = train_fn.lower(self.state, self.batch).compile()
+      self.compile_s = time.perf_counter() - start
+    self.num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
+    self.model = model
+
+  def run(self, num_steps: int) -> float:
+    """Seconds for `num_steps` steps, dispatched back to back as the trainer does."""
+    state = self.state
+    start = time.perf_counter()
+    for _ in range(num_steps):
+      state, metrics = self.step_fn(state, self.batch)
+    jax.block_until_ready((state, metrics))
+    elapsed = time.perf_counter() - start
+    self.state = state
+    return elapsed
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, device=None) -> float:
+  """Best fp32 n^3 matmul rate through jax, in GFLOP/s."""
+  device = device or jax.devices()[0]
+  a = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((n, n)),
+                                 jnp.float32), device)
+  matmul = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(matmul(a, a))
+  best = math.inf
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a, a))
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best / 1e9
+
+
+# ---------------------------------------------------------------------------------------
+# The torch side: a worker process running research.bench_torch
+# ---------------------------------------------------------------------------------------
+
+
+class TorchWorker:
+  """`python -m research.bench_torch --serve`, spoken to in JSON lines over a pipe.
+
+  A separate process: jax and torch each keep their own thread pools and allocator, as in a
+  user's program, and a machine without torch just gets a jax-only table.
+  """
+
+  def __init__(self, threads: int = 0):
+    cmd = [sys.executable, '-m', 'research.bench_torch', '--serve']
+    if threads:
+      cmd.append(f'--threads={threads}')
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True, bufsize=1)
+    self.info = self.call(op='hello')
+
+  def call(self, **request) -> dict[str, Any]:
+    self.proc.stdin.write(json.dumps(request) + '\n')
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f'The torch worker exited (code {self.proc.wait()}); see stderr above.')
+    reply = json.loads(line)
+    if 'error' in reply:
+      raise RuntimeError(f"torch worker: {reply['error']}")
+    return reply
+
+  def close(self) -> None:
+    if self.proc.poll() is None:
+      try:
+        self.call(op='quit')
+      except (RuntimeError, BrokenPipeError, OSError):
+        pass
+      self.proc.wait(timeout=30)
+
+
+def start_torch_worker(threads: int = 0) -> tuple[TorchWorker | None, str]:
+  """(worker, '') or (None, why not)."""
+  try:
+    import torch  # noqa: F401  (only to fail fast and say why)
+  except ImportError:
+    return None, "torch is not installed (pip install -e '.[bench]')"
+  try:
+    return TorchWorker(threads), ''
+  except (RuntimeError, OSError) as e:
+    return None, f'the torch worker did not start: {e}'
+
+
+# ---------------------------------------------------------------------------------------
+# One case: compile, calibrate, alternate repeats
+# ---------------------------------------------------------------------------------------
+
+
+def _steps_for(seconds_per_step: float, target_s: float) -> int:
+  return max(1, int(round(target_s / max(seconds_per_step, 1e-9))))
+
+
+def bench_case(case: Case, *, device: jax.Device, dtype: str, batch_size: int,
+               repeats: int, steps: int, target_s: float, peak_flops: float,
+               torch_worker: TorchWorker | None, overrides: dict[str, Any] | None = None,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Times `case` in jax (and torch), alternating repeats; returns one table row."""
+  model_cfg = model_block(case, dtype, overrides)
+  batch = make_batch(case, batch_size)
+  jax_runner = JaxRunner(case, model_cfg, batch, device)
+  flops_per_example = flops.model_flops_per_example(jax_runner.model, case.input_shape)
+  row: dict[str, Any] = {
+      'model': case.family, 'size': case.size, 'params': int(jax_runner.num_params),
+      'batch': batch_size, 'input_shape': list(case.input_shape), 'dtype': dtype,
+      'hyperparameters': {k: v for k, v in model_cfg.to_dict().items() if k != 'name'},
+      'compile_s': jax_runner.compile_s, 'flops_per_step': flops_per_example * batch_size,
+  }
+
+  torch_steps = 0
+  if torch_worker is not None:
+    with tempfile.TemporaryDirectory() as tmp:
+      path = os.path.join(tmp, 'batch.npz')
+      np.savez(path, **batch)
+      info = torch_worker.call(op='setup', family=case.family,
+                               hyperparameters=row['hyperparameters'],
+                               num_classes=case.num_classes, batch_path=path)
+    if info['num_params'] != row['params']:
+      raise AssertionError(
+          f'{case.family}/{case.size}: the torch twin has {info["num_params"]:,} parameters, '
+          f'the flax model {row["params"]:,}; fix research/bench_torch.py.')
+    torch_worker.call(op='run', steps=2)  # warm-up: allocator, oneDNN primitive caches
+
+  jax_runner.run(2)  # warm-up, after compilation
+  if steps:
+    jax_steps = torch_steps = steps
+  else:  # calibrate: each repeat lasts about target_s
+    jax_steps = _steps_for(jax_runner.run(1), target_s)
+    if torch_worker is not None:
+      torch_steps = _steps_for(torch_worker.call(op='run', steps=1)['seconds'], target_s)
+
+  jax_times, torch_times, ratios = [], [], []
+  for _ in range(repeats):
+    jax_times.append(jax_runner.run(jax_steps) / jax_steps)
+    if torch_worker is not None:
+      torch_times.append(torch_worker.call(op='run', steps=torch_steps)['seconds'] / torch_steps)
+      ratios.append(torch_times[-1] / jax_times[-1])
+  step_s = statistics.median(jax_times)
+  row.update({
+      'jax_step_s': step_s, 'jax_steps_per_s': 1 / step_s, 'jax_examples_per_s': batch_size / step_s,
+      'jax_step_s_all': jax_times, 'steps_per_repeat': jax_steps,
+      'mfu': row['flops_per_step'] / step_s / peak_flops,
+  })
+  if torch_worker is not None:
+    torch_s = statistics.median(torch_times)
+    row.update({'torch_step_s': torch_s, 'torch_examples_per_s': batch_size / torch_s,
+                'torch_step_s_all': torch_times, 'jax_over_torch': statistics.median(ratios),
+                'jax_over_torch_all': ratios})
+  log(f"  {case.family}/{case.size}: jax {row['jax_examples_per_s']:,.0f} ex/s, "
+      f"compile {row['compile_s']:.1f} s, MFU {100 * row['mfu']:.1f}%"
+      + (f", torch {row['torch_examples_per_s']:,.0f} ex/s, jax/torch "
+         f"{row['jax_over_torch']:.2f}" if 'jax_over_torch' in row else ''))
+  return row
+
+
+# ---------------------------------------------------------------------------------------
+# Machine, table, command line
+# ---------------------------------------------------------------------------------------
+
+
+def _cpu_name() -> str:
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def machine_info(device: jax.Device, peak_flops: float, peak_source: str,
+                 torch_info: dict[str, Any] | None, torch_note: str) -> dict[str, Any]:
+  import flax
+  import jaxlib
+  return {
+      'device': device.device_kind, 'platform': device.platform,
+      'cpu': _cpu_name(), 'cores': os.cpu_count(),
+      'peak_gflops': peak_flops / 1e9, 'peak_source': peak_source,
+      'jax': jax.__version__, 'jaxlib': jaxlib.__version__, 'flax': flax.__version__,
+      'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'torch': (torch_info or {}).get('torch'), 'torch_threads': (torch_info or {}).get('threads'),
+      'torch_matmul_gflops': (torch_info or {}).get('matmul_gflops'),
+      'torch_note': torch_note,
+      'python': platform.python_version(),
+  }
+
+
+def _fmt(x: float | None, spec: str) -> str:
+  return '-' if x is None else format(x, spec)
+
+
+def format_table(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+  lines = ['| model | size | params | batch | jax steps/s | jax ex/s | compile s | MFU % '
+           '| torch ex/s | jax/torch |',
+           '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|']
+  for r in rows:
+    lines.append(
+        f"| {r['model']} | {r['size']} | {r['params']:,} | {r['batch']} "
+        f"| {r['jax_steps_per_s']:,.1f} | {r['jax_examples_per_s']:,.0f} "
+        f"| {r['compile_s']:.1f} | {100 * r['mfu']:.1f} "
+        f"| {_fmt(r.get('torch_examples_per_s'), ',.0f')} "
+        f"| {_fmt(r.get('jax_over_torch'), '.2f')} |")
+  m = machine
+  torch_part = (f"torch {m['torch']} ({m['torch_threads']} threads, 2048³ matmul "
+                f"{m['torch_matmul_gflops']:,.0f} GFLOP/s)" if m['torch']
+                else f"torch: not run ({m['torch_note']})")
+  peak = (f"peak {m['peak_gflops']:,.0f} GFLOP/s ({m['peak_source']})")
+  lines.append('')
+  lines.append(f"Machine: {m['cores']} cores, {m['cpu']}; device {m['device']}; {peak}; "
+               f"jax {m['jax']}, flax {m['flax']}; {torch_part}"
+               + (f"; XLA_FLAGS={m['xla_flags']}" if m['xla_flags'] else ''))
+  return '\n'.join(lines)
+
+
+def _csv(value: str) -> list[str]:
+  return [v.strip() for v in value.split(',') if v.strip()]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(prog='python -m research.bench', description=__doc__.split('\n')[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--models', default=','.join(FAMILIES), help='comma-separated: mlp,cnn,transformer')
+  p.add_argument('--sizes', default=','.join(DEFAULT_SIZES),
+                 help='comma-separated: small,medium,bert_base (sizes a model lacks are skipped)')
+  p.add_argument('--json', default='', help='write the machine line and rows here')
+  p.add_argument('--no-torch', dest='torch', action='store_false', help='jax only')
+  p.add_argument('--device', default='cpu', help='cpu, gpu or tpu')
+  p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                 help='matmul dtype (transformer only); params stay float32')
+  p.add_argument('--batch_size', type=int, default=0, help='override every case\'s batch')
+  p.add_argument('--repeats', type=int, default=5, help='timed repeats per framework')
+  p.add_argument('--steps', type=int, default=0,
+                 help='steps per repeat (0: calibrate so a repeat lasts --target_s)')
+  p.add_argument('--target_s', type=float, default=0.4, help='seconds per calibrated repeat')
+  p.add_argument('--peak_tflops', type=float, default=0.0,
+                 help='peak for MFU (default: measured matmul on CPU, table on accelerators)')
+  p.add_argument('--torch_threads', type=int, default=0, help='0: torch\'s default')
+  p.add_argument('--set', dest='overrides', action='append', default=[],
+                 metavar='KEY=VALUE', help='model hyperparameter override, e.g. scan_layers=True')
+  args = p.parse_args(argv)
+  args.models, args.sizes = _csv(args.models), _csv(args.sizes)
+  for m in args.models:
+    if m not in FAMILIES:
+      p.error(f'unknown model {m!r}; choose from {list(FAMILIES)}')
+  known_sizes = sorted({s for _, s in CASES})
+  for s in args.sizes:
+    if s not in known_sizes:
+      p.error(f'unknown size {s!r}; choose from {known_sizes}')
+  if args.repeats < 1:
+    p.error(f'--repeats must be >= 1, got {args.repeats}')
+  return args
+
+
+def _parse_overrides(items: list[str]) -> dict[str, Any]:
+  out = {}
+  for item in items:
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise SystemExit(f'--set expects KEY=VALUE, got {item!r}.')
+    try:
+      out[key] = json.loads(value.replace('True', 'true').replace('False', 'false'))
+    except json.JSONDecodeError:
+      out[key] = value
+    if isinstance(out[key], list):
+      out[key] = tuple(out[key])
+  return out
+
+
+def _peak(device: jax.Device, dtype: str, args) -> tuple[float, str]:
+  if args.peak_tflops:
+    return args.peak_tflops * 1e12, 'given by --peak_tflops'
+  if device.platform == 'cpu':
+    return matmul_peak_gflops(device=device) * 1e9, 'measured: jax fp32 2048³ matmul, best of 5'
+  for (kind, dt), tflops in ACCELERATOR_PEAK_TFLOPS.items():
+    if kind.lower() in device.device_kind.lower() and dt == dtype:
+      return tflops * 1e12, f'{kind} {dt} dense spec'
+  raise SystemExit(f'No peak known for {device.device_kind!r} in {dtype}; pass --peak_tflops.')
+
+
+def run(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+  """Runs the benchmark; returns {'machine': ..., 'rows': [...], 'table': markdown}."""
+  args = parse_args(argv)
+  overrides = _parse_overrides(args.overrides)
+  try:
+    device = jax.devices(args.device)[0]
+  except RuntimeError as e:
+    raise SystemExit(f'--device={args.device}: no such jax backend here ({e}).') from None
+  cases = [CASES[(m, s)] for m in args.models for s in args.sizes if (m, s) in CASES]
+  if not cases:
+    raise SystemExit(f'No case for models {args.models} x sizes {args.sizes}; known: '
+                     f'{sorted(CASES)}.')
+
+  worker, torch_note = None, 'disabled by --no-torch'
+  if args.torch and device.platform != 'cpu':
+    torch_note = 'the torch twins run on CPU only'
+  elif args.torch:
+    worker, torch_note = start_torch_worker(args.torch_threads)
+  try:
+    torch_info = None
+    if worker is not None:
+      torch_info = dict(worker.info, **worker.call(op='matmul_peak'))
+    peak_flops, peak_source = _peak(device, args.dtype, args)
+    rows = []
+    for case in cases:
+      batch_size = args.batch_size or case.batch_size
+      rows.append(bench_case(case, device=device, dtype=args.dtype, batch_size=batch_size,
+                             repeats=args.repeats, steps=args.steps, target_s=args.target_s,
+                             peak_flops=peak_flops, torch_worker=worker,
+                             overrides=overrides, log=log))
+  finally:
+    if worker is not None:
+      worker.close()
+  machine = machine_info(device, peak_flops, peak_source, torch_info, torch_note)
+  table = format_table(rows, machine)
+  result = {'machine': machine, 'rows': rows, 'table': table, 'argv': list(argv or sys.argv[1:])}
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump({k: v for k, v in result.items() if k != 'table'}, f, indent=1)
+  return result
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  result = run(argv)
+  print()
+  print(result['table'])
+
+
+if __name__ == '__main__':
+  main()

@@ -27,6 +27,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.grad_accum_steps = 1        # micro-batches per step; batch_size must divide by it
   c.progress_bar = True
+  c.write_report = True         # report.md, plots/ and tensorboard/ in the workdir at the end
   c.nan_policy = 'stop'         # non-finite loss: 'stop' (raise, last checkpoint intact) or 'skip' the update
 
   c.checkpoint = ml_collections.ConfigDict()
@@ -61,6 +62,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.nesterov = False  # sgd only
   c.optimizer.weight_decay = 0.0  # adamw: decoupled; adam/sgd: added to the gradient (L2)
   c.optimizer.grad_clip_norm = 0.0  # 0: no clipping
+
+  # Multi-process runs (see research/distributed.py); all defaults mean "one process".
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.auto = False    # True on TPU pods / managed clusters: jax finds the coordinator
+  c.distributed.coordinator_address = ''  # 'host:port' of process 0
+  c.distributed.num_processes = 0
+  c.distributed.process_id = -1
+  c.distributed.cpu_collectives = 'gloo'  # for CPU devices across processes
+  c.distributed.initialization_timeout_s = 300
 
   # Device mesh. -1 means "all remaining devices". See research/sharding.py for the
   # logical-axis rules that map model axes onto these.

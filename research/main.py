@@ -6,6 +6,8 @@ Override any config key with `--config.KEY=VALUE`, e.g. `--config.optimizer.lear
 """
 from __future__ import annotations
 
+import logging as pylogging
+import os
 import re
 import runpy
 import sys
@@ -44,10 +46,18 @@ def _check_overrides(argv: list[str]) -> None:
     sys.exit(f'Error: {e.args[0]}')
 
 
+class _OnlyOurInfo(pylogging.Filter):
+  """Keeps INFO lines from this package; libraries (Orbax, tfds, jax) only warn and up."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or f'{os.sep}research{os.sep}' in record.pathname
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_OnlyOurInfo())
   try:
     results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except preemption.Preempted as e:

@@ -86,9 +86,9 @@ def batch_statistics(logits_BxK: jax.Array, labels_B: jax.Array, mask_B: jax.Arr
   log_probs_BxK = jax.nn.log_softmax(logits_BxK, axis=-1)
   nll_B = -jnp.take_along_axis(log_probs_BxK, labels_B[:, None], axis=-1)[:, 0]
   preds_B = jnp.argmax(logits_BxK, axis=-1).astype(jnp.int32)
-  # One-hot products, not scatter-adds: a reduction over the (sharded) batch axis needs no
-  # out_sharding under explicit meshes, and is a matmul on TPU. 0/1 products summed in
-  # float32 are exact for batches below 2**24 examples.
+  # A one-hot contraction, not a scatter-add: scattering a sharded batch into a
+  # replicated matrix fails under explicit-axes meshes and serialises on TPU, while this
+  # is one matmul. Sums of 0/1 products in float32 are exact below 2**24 examples a batch.
   true_BxK = jax.nn.one_hot(labels_B, num_classes, dtype=jnp.float32) * one_B[:, None]
   pred_BxK = jax.nn.one_hot(preds_B, num_classes, dtype=jnp.float32)
   confusion_KxK = jnp.round(jnp.einsum(

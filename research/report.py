@@ -2,8 +2,8 @@
 
   python -m research.report WORKDIR      # (re)generate; train.py calls write_report at the end
 
-Reads only files (config.json, results.json, metrics.jsonl), so a report can be rebuilt
-for any finished or interrupted run, on any machine, without JAX devices.
+Reads only files (config.json, results.json, metrics.jsonl) and imports no JAX, so a
+report can be rebuilt for any finished run, on any machine.
 """
 from __future__ import annotations
 
@@ -17,14 +17,10 @@ from absl import logging
 
 from research import compare, plots, references, tb
 
-_NOT_SPLITS = {'train', 'class_names', 'steps', 'num_params', 'wall_time_s', 'compile_time_s',
-               'train_examples_per_s', 'devices', 'platform'}
-
-
 def eval_splits(results: dict[str, Any]) -> list[str]:
-  """The eval splits in results.json: dict entries with a loss, other than train."""
-  return [k for k, v in results.items()
-          if k not in _NOT_SPLITS and isinstance(v, dict) and 'loss' in v]
+  """The eval splits in results.json: dict entries with a loss, other than 'train' (the
+  training loop's own running metrics)."""
+  return [k for k, v in results.items() if k != 'train' and isinstance(v, dict) and 'loss' in v]
 
 
 def _num(value: Any, fmt: str, scale: float = 1.0) -> str:
@@ -166,12 +162,14 @@ def write_report(workdir: str, *, class_names: Sequence[str] | None = None,
   if tensorboard and has_curves:
     if tb.available():
       n = tb.write_scalars(metrics_path, os.path.join(workdir, 'tensorboard'))
-      tb_note = f'TensorBoard: {n} scalars in `tensorboard/` (`tensorboard --logdir {workdir}/tensorboard`).'
+      tb_note = (f'TensorBoard: {n} scalars in `tensorboard/` '
+                 f'(`tensorboard --logdir {workdir}/tensorboard`).')
     else:
       logging.warning('Skipping TensorBoard files: tensorboardX is not installed.')
 
   # ---- report.md ----
-  title = f'{dataset} / {model}' if dataset and model else os.path.basename(os.path.abspath(workdir))
+  title = (f'{dataset} / {model}' if dataset and model
+           else os.path.basename(os.path.abspath(workdir)))
   lines = [f'# Run report: {title}', '', f'Workdir: `{os.path.abspath(workdir)}`', '',
            '## Metrics', '']
   lines += _metrics_table(results, config)

@@ -7,7 +7,7 @@ import ml_collections
 
 _NON_SPLITS = {'train', 'steps', 'num_params', 'wall_time_s', 'compile_time_s',
                'train_examples_per_s', 'devices', 'processes', 'platform',
-               'resumed_from_step', 'best_checkpoint_step'}
+               'resumed_from_step', 'best_checkpoint_step', 'train_step_compilations'}
 
 
 def results_table(results: dict[str, Any], config: ml_collections.ConfigDict) -> str:

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
+from research import metrics as metrics_lib
+
 TrainState = train_state.TrainState
 Batch = dict[str, jax.Array]
 
@@ -72,14 +74,11 @@ def train_step(state: TrainState, batch: Batch, *, seed: int, grad_accum_steps: 
 
 
 def eval_step(state: TrainState, batch: Batch, *, num_classes: int) -> dict[str, Any]:
-  """Sums over the batch's real examples; the caller adds them up over the split."""
+  """Summable statistics of the batch's real examples (`research.metrics`); the caller
+  adds them up over the split and calls `metrics.summarize` once."""
   logits_BxK = state.apply_fn({'params': state.params}, batch['inputs'], train=False)
-  loss_sum, correct, count = _masked_loss_and_correct(logits_BxK, batch['labels'], batch['mask'])
-  preds_B = jnp.argmax(logits_BxK, axis=-1)
-  confusion_KxK = jnp.zeros((num_classes, num_classes), jnp.float32).at[
-      batch['labels'], preds_B].add(batch['mask'].astype(jnp.float32))
-  return {'loss_sum': loss_sum, 'correct': correct, 'count': count,
-          'confusion': confusion_KxK}
+  return metrics_lib.batch_statistics(logits_BxK, batch['labels'], batch['mask'],
+                                      num_classes=num_classes)
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,

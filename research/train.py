@@ -22,18 +22,9 @@ from tqdm import tqdm
 
 from research import checkpoint as checkpoint_lib
 from research import config as config_lib
-from research import models, optim, preemption, sharding, steps, writers
+from research import metrics as metrics_lib
+from research import distributed, models, optim, preemption, sharding, steps, writers
 from research.data import pipeline, sources
-
-
-def _summarise_eval(totals: dict[str, Any]) -> dict[str, Any]:
-  count = float(totals['count'])
-  return {
-      'loss': float(totals['loss_sum']) / count,
-      'accuracy': float(totals['correct']) / count,
-      'num_examples': int(round(count)),
-      'confusion_matrix': np.asarray(totals['confusion']).round().astype(int).tolist(),
-  }
 
 
 def evaluate(state: steps.TrainState, eval_fn, split: sources.SplitArrays, batch_size: int,
@@ -45,7 +36,7 @@ def evaluate(state: steps.TrainState, eval_fn, split: sources.SplitArrays, batch
                                            process_count=jax.process_count()):
     out = eval_fn(state, sharding.global_batch(local_batch, batch_sharding))
     totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
-  return _summarise_eval(jax.device_get(totals))
+  return metrics_lib.summarize(totals)
 
 
 def _check_batch_sizes(config: ml_collections.ConfigDict, data_parallel: int) -> None:
@@ -107,6 +98,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---- Checks that must fail before any expensive work ----
   config_lib.validate(config)
   workdir = writers.prepare_workdir(workdir)
+  distributed.initialize(config.distributed)  # before anything touches a device
   is_main_process = jax.process_index() == 0
   metrics_log = writers.MetricsLog(workdir, enabled=is_main_process)
 
@@ -183,8 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     out = {}
     for name, split in eval_splits.items():
       result = evaluate(state, eval_fn, split, config.eval_batch_size, batch_sharding)
-      metrics_log.write(step, name, {k: v for k, v in result.items()
-                                     if k != 'confusion_matrix'})
+      metrics_log.write(step, name, metrics_lib.scalars(result))
       logging.info('step %d  %s: loss %.4f  accuracy %.4f  (%d examples)', step, name,
                    result['loss'], result['accuracy'], result['num_examples'])
       out[name] = result
@@ -195,6 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if isinstance(v, (int, float))}
 
   train_metrics = _TrainMetrics()
+  compilations_after_step_2 = None
   check_finite = config.nan_policy == 'stop'
   last_train: dict[str, float] = {}
   eval_results: dict[str, dict[str, Any]] = {}
@@ -218,6 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         interval_examples += config.batch_size
       train_metrics.add(step, metrics)
       bar.update(1)
+      if step == start_step + 2:
+        compilations_after_step_2 = train_fn._cache_size()
       is_last = step == config.num_train_steps
 
       if step % config.log_every_steps == 0 or is_last:
@@ -254,6 +248,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         interval_examples = 0
   bar.close()
 
+  # Compile-once guard: a step that recompiles mid-run (changing shapes, dtypes or
+  # shardings) silently costs a full compilation each time.
+  recompiled = (compilations_after_step_2 is not None and
+                train_fn._cache_size() > compilations_after_step_2)
+  if recompiled:
+    logging.warning('The train step was recompiled after step %d (%d compilations): an input '
+                    'changed shape, dtype or sharding.', start_step + 2, train_fn._cache_size())
   if not eval_results:  # resumed at or past the last step: evaluate the restored state
     with jax.set_mesh(mesh):
       eval_results = run_evals(int(state.step))
@@ -270,6 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'num_params': int(num_params),
       'wall_time_s': time.perf_counter() - wall_start,
       'compile_time_s': compile_time_s,
+      'train_step_compilations': train_fn._cache_size(),
       'train_examples_per_s': steady_examples / train_time_s if train_time_s else 0.0,
       'devices': mesh.size,
       'processes': jax.process_count(),
@@ -277,4 +279,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   }
   if is_main_process:
     writers.write_json_atomic(os.path.join(workdir, 'results.json'), results)
+    if config.write_report:
+      from research import report  # here, so matplotlib loads only for runs that report
+      try:
+        logging.info('Report: %s', report.write_report(workdir))
+      except Exception:  # the results are saved; a plotting failure must not lose them
+        logging.exception('Writing the report failed; rerun `python -m research.report %s`.',
+                          workdir)
   return results

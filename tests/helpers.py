@@ -23,6 +23,7 @@ def tiny_config(model: str = 'mlp', steps: int = 30, **model_overrides) -> ml_co
   config.batch_size = 50
   config.eval_batch_size = 500
   config.progress_bar = False
+  config.write_report = False  # matplotlib costs seconds; test_train keeps one run with it
   return config
 
 

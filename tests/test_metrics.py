@@ -196,8 +196,8 @@ def test_masked_token_accuracy_and_perplexity():
   out = metrics.summarize_masked_tokens(stats)
 
   keep = weights > 0
-  log_probs = logits.astype(np.float64) - np.log(np.exp(logits.astype(np.float64)).sum(-1,
-                                                                                       keepdims=True))
+  logits64 = logits.astype(np.float64)
+  log_probs = logits64 - np.log(np.exp(logits64).sum(-1, keepdims=True))
   nll = -log_probs[keep, targets[keep]]
   assert out['num_tokens'] == keep.sum()
   assert out['perplexity'] == pytest.approx(np.exp(nll.mean()), rel=1e-5)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -213,6 +214,9 @@ def test_image_ops_reject_text_and_text_needs_a_tokenizer():
     preprocess.make_preprocess('flip', seed=0)(texts, 0)
   with pytest.raises(ValueError, match=r'add a tokenizer op.*tokenize_bytes'):
     preprocess.make_preprocess('', seed=0)(texts, 0)
+  with pytest.raises(ValueError, match='standardize needs numeric inputs'):
+    preprocess.build_preprocess('standardize', SplitArrays(texts['inputs'], texts['labels']),
+                                seed=0)
 
 
 # ---- Tokenizers ----
@@ -279,6 +283,9 @@ def test_tokenize_spm_op_trains_once_and_reuses_the_file(tmp_path):
   again = preprocess.build_preprocess(spec, split, seed=0, cache_dir=str(tmp_path))
   assert os.path.getmtime(tmp_path / files[0]) == mtime
   np.testing.assert_array_equal(again.eval_fn(batch_of(split, 5), 0)['inputs'], out['inputs'])
+  # Picklable, for pipelines that run preprocessing in worker processes.
+  restored = pickle.loads(pickle.dumps(pp.train_fn))
+  np.testing.assert_array_equal(restored(batch_of(split, 5), 0)['inputs'], out['inputs'])
 
 
 def test_tokenize_bytes_op():

@@ -99,3 +99,17 @@ def test_bad_optimizer_lists_choices(tmp_path):
   config.optimizer.name = 'lamb'
   with pytest.raises(ValueError, match=r"Unknown optimizer 'lamb'.*adam.*adamw.*sgd"):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_report_plots_and_tensorboard_are_written(tmp_path):
+  config = tiny_config('cnn', steps=20)
+  config.write_report = True
+  config.eval_every_steps = 10
+  results = train.train_and_evaluate(config, str(tmp_path))
+  report = (tmp_path / 'report.md').read_text()
+  assert f"{results['test']['accuracy']:.4f}"[:5] in report
+  for png in ('learning_curves.png', 'confusion_test.png'):
+    assert (tmp_path / 'plots' / png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert any((tmp_path / 'tensorboard').rglob('events.out.tfevents.*'))
+  for key in ('macro_f1', 'top_5_accuracy', 'ece'):
+    assert key in results['test']

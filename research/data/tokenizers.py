@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -133,6 +132,9 @@ class SentencePieceTokenizer:
       raise ValueError(f'SentencePiece model has special pieces {got}, expected {expected}: '
                        f'train it with SentencePieceTokenizer.train.')
     self.vocab_size = self._sp.get_piece_size()
+
+  def __reduce__(self):  # picklable (grain worker processes): rebuilt from the model bytes
+    return (SentencePieceTokenizer, (self.model_proto,))
 
   @classmethod
   def train(cls, texts, vocab_size: int, *, model_type: str = 'unigram', seed: int = 0,

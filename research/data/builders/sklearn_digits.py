@@ -62,7 +62,8 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
         }),
         supervised_keys=('image', 'label'),
         disable_shuffling=True,  # keep the documented order
-        homepage='https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html',
+        homepage=('https://scikit-learn.org/stable/modules/generated/'
+                  'sklearn.datasets.load_digits.html'),
     )
 
   def _split_generators(self, dl_manager):

@@ -1,0 +1,57 @@
+"""Reproduces a results table: every config x seed, then ours vs the paper.
+
+  python -m research.reproduce --workdir=runs/mnist1d_table --seeds=0,1,2 \
+      --configs=configs/mnist1d/logistic.py,configs/mnist1d/mlp.py,configs/mnist1d/cnn.py
+
+Each run goes to WORKDIR/<config name>/seed<k> (a finished run is reused, an interrupted one
+resumes). The table is printed and written to WORKDIR/table.md.
+"""
+from __future__ import annotations
+
+import os
+import runpy
+
+from absl import app, flags, logging
+
+from research import compare, train
+
+DEFAULT_CONFIGS = ('configs/mnist1d/logistic.py,configs/mnist1d/mlp.py,'
+                   'configs/mnist1d/cnn.py,configs/mnist1d/transformer.py')
+_WORKDIR = flags.DEFINE_string('workdir', 'runs/mnist1d_table', 'Where the runs go.')
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds to run for each config.')
+_CONFIGS = flags.DEFINE_list('configs', DEFAULT_CONFIGS.split(','), 'Config files.')
+
+
+def run_all(config_paths: list[str], seeds: list[int], workdir: str) -> list[str]:
+  run_dirs = []
+  for path in config_paths:
+    name = os.path.splitext(os.path.basename(path))[0]
+    for seed in seeds:
+      run_dir = os.path.join(workdir, name, f'seed{seed}')
+      run_dirs.append(run_dir)
+      if os.path.exists(os.path.join(run_dir, 'results.json')):
+        logging.info('Reusing finished run %s', run_dir)
+        continue
+      config = runpy.run_path(path)['get_config']()
+      config.seed = seed
+      config.progress_bar = False
+      logging.info('Running %s seed %d -> %s', path, seed, run_dir)
+      train.train_and_evaluate(config, run_dir)
+  return run_dirs
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  logging.set_verbosity(logging.INFO)
+  run_dirs = run_all(_CONFIGS.value, [int(s) for s in _SEEDS.value], _WORKDIR.value)
+  groups, skipped = compare.load_runs(run_dirs)
+  for warning in skipped:
+    logging.warning('%s', warning)
+  table = compare.markdown_table(groups)
+  with open(os.path.join(_WORKDIR.value, 'table.md'), 'w') as f:
+    f.write(table + '\n')
+  print(table)
+
+
+if __name__ == '__main__':
+  app.run(main)

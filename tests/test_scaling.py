@@ -1,0 +1,150 @@
+"""Same losses on 1 device, 8 simulated devices (DP / FSDP / data x tensor), and 2 processes.
+
+8-device runs happen in subprocesses because the device count is fixed when jax starts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from research import models, steps, train
+from tests import multidevice
+from tests.helpers import REPO_ROOT
+
+MODELS = ['mlp', 'cnn', 'transformer']
+MESHES = {
+    'dp8': {'mesh.data': 8, 'mesh.fsdp': 1, 'mesh.tensor': 1},
+    'fsdp8': {'mesh.data': 1, 'mesh.fsdp': 8, 'mesh.tensor': 1},
+    'dp2_tp4': {'mesh.data': 2, 'mesh.fsdp': 1, 'mesh.tensor': 4},
+}
+RTOL = 1e-5
+
+
+def _env(devices: int) -> dict:
+  return {**os.environ, 'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+          'PYTHONPATH': REPO_ROOT}
+
+
+def _run_specs(specs: list[dict], devices: int, tmp_path, tag: str) -> dict:
+  spec_path, out_path = tmp_path / f'{tag}_spec.json', tmp_path / f'{tag}_out.json'
+  spec_path.write_text(json.dumps(specs))
+  proc = subprocess.run([sys.executable, '-m', 'tests.multidevice', str(spec_path), str(out_path)],
+                        cwd=REPO_ROOT, env=_env(devices), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return json.loads(out_path.read_text())
+
+
+def _single_device(model: str, workdir: str, steps_: int = 20, overrides=None) -> list[float]:
+  return multidevice.run({'model': model, 'workdir': workdir, 'steps': steps_,
+                          'overrides': overrides or {}})['losses']
+
+
+@pytest.fixture(scope='module')
+def eight_device_runs(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('eight')
+  specs = [{'name': f'{model}/{mesh}', 'model': model, 'workdir': str(tmp / model / mesh),
+            'overrides': overrides}
+           for model in MODELS for mesh, overrides in MESHES.items()]
+  return _run_specs(specs, 8, tmp, 'eight')
+
+
+@pytest.mark.parametrize('model', MODELS)
+def test_meshes_match_single_device(model, eight_device_runs, tmp_path):
+  reference = _single_device(model, str(tmp_path / 'one'))
+  assert len(reference) == 20
+  for mesh in MESHES:
+    run = eight_device_runs[f'{model}/{mesh}']
+    assert run['results']['devices'] == 8
+    np.testing.assert_allclose(run['losses'], reference, rtol=RTOL,
+                               err_msg=f'{model} on {mesh}')
+    assert run['results']['train_step_compilations'] == 1  # compiled once, not per step
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(eight_device_runs, tmp_path):
+  """2 processes x 4 CPU devices over loopback (gloo) == 1 process x 8 devices."""
+  port = _free_port()
+  workdir = str(tmp_path / 'multi')
+  procs = []
+  try:
+    for pid in range(2):
+      spec = [{'name': 'mlp', 'model': 'mlp', 'workdir': workdir, 'overrides': {
+          **MESHES['dp8'], 'mesh.data': -1,
+          'distributed.coordinator_address': f'127.0.0.1:{port}',
+          'distributed.num_processes': 2, 'distributed.process_id': pid,
+          'distributed.initialization_timeout_s': 120}}]
+      spec_path = tmp_path / f'spec{pid}.json'
+      spec_path.write_text(json.dumps(spec))
+      procs.append(subprocess.Popen(
+          [sys.executable, '-m', 'tests.multidevice', str(spec_path), str(tmp_path / f'out{pid}.json')],
+          cwd=REPO_ROOT, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+          start_new_session=True))
+    outputs = [p.communicate(timeout=400) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+      assert p.returncode == 0, err[-4000:]
+  finally:
+    for p in procs:  # never leave a process (or its port) behind, even on failure
+      if p.poll() is None:
+        os.killpg(p.pid, 9)
+        p.wait()
+  result = json.loads((tmp_path / 'out0.json').read_text())['mlp']
+  assert result['results']['processes'] == 2 and result['results']['devices'] == 8
+  assert not (tmp_path / 'out1.json').exists()  # only process 0 writes
+  np.testing.assert_allclose(result['losses'], eight_device_runs['mlp/dp8']['losses'], rtol=RTOL)
+
+
+def test_grad_accumulation_equals_one_big_batch():
+  import flax.linen as nn
+  from research import optim
+  from research.config import default_config
+
+  model = models.build_model(models.model_config('mlp'), 10)
+  tx = optim.create_optimizer(default_config().optimizer, 10)
+  rng = np.random.default_rng(0)
+  batch = {'inputs': rng.normal(size=(64, 40)).astype(np.float32),
+           'labels': rng.integers(0, 10, 64).astype(np.int32),
+           'mask': np.ones(64, bool)}
+  state = nn.unbox(steps.create_train_state(model, tx, batch['inputs'][:1], jax.random.key(0)))
+  one, m1 = jax.jit(lambda s, b: steps.train_step(s, b, seed=0))(state, batch)
+  four, m4 = jax.jit(lambda s, b: steps.train_step(s, b, seed=0, grad_accum_steps=4))(state, batch)
+  np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_checkpoint_restores_onto_other_meshes(tmp_path):
+  """Save on 8 devices (FSDP) at step 10; resume on 1 and on 4 devices: same losses."""
+  half = str(tmp_path / 'half')
+  specs = [
+      {'name': 'full', 'model': 'mlp', 'workdir': str(tmp_path / 'full'),
+       'overrides': MESHES['fsdp8']},
+      {'name': 'half', 'model': 'mlp', 'workdir': half, 'steps': 10,
+       'overrides': MESHES['fsdp8']},
+  ]
+  eight = _run_specs(specs, 8, tmp_path, 'save')
+  full = eight['full']['losses']
+  for devices in (1, 4):
+    workdir = str(tmp_path / f'resume{devices}')
+    shutil.copytree(half, workdir)
+    overrides = {'mesh.data': 1, 'mesh.fsdp': -1, 'mesh.tensor': 1}
+    if devices == 1:
+      losses = _single_device('mlp', workdir, 20, overrides)
+    else:
+      losses = _run_specs([{'name': 'r', 'model': 'mlp', 'workdir': workdir,
+                            'overrides': overrides}], devices, tmp_path, f'r{devices}')['r']['losses']
+    assert len(losses) == 20  # steps 1-10 from the log kept on resume, 11-20 trained here
+    np.testing.assert_allclose(losses[10:], full[10:], rtol=RTOL, err_msg=f'{devices} devices')
