@@ -235,7 +235,7 @@ def load_flax_params(family: str, twin: nn.Module, params: dict[str, Any]) -> No
   tests check that, so a twin cannot drift from its flax model unnoticed.
   """
   def put(dst: torch.Tensor, value) -> None:
-    value = torch.as_tensor(np.asarray(value, dtype=np.float32))
+    value = torch.from_numpy(np.array(value, dtype=np.float32))  # a writable copy
     if tuple(dst.shape) != tuple(value.shape):
       raise ValueError(f'shape mismatch: twin {tuple(dst.shape)} vs flax {tuple(value.shape)}')
     with torch.no_grad():

@@ -98,6 +98,15 @@ class Checkpointer:
         self._quarantine(candidate)
     return None, None
 
+  def restore_state(self, abstract_state, step: int):
+    """Only the train state of `step` (no data iterator), e.g. for evaluation."""
+    if step not in self.all_steps():
+      raise FileNotFoundError(f'No checkpoint at step {step} in {self.directory}; available '
+                              f'steps: {self.all_steps()}.')
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    return restored['state']
+
   def _quarantine(self, step: int) -> None:
     if jax.process_index() == 0:
       os.makedirs(self.quarantine, exist_ok=True)

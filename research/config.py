@@ -63,6 +63,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.0  # adamw: decoupled; adam/sgd: added to the gradient (L2)
   c.optimizer.grad_clip_norm = 0.0  # 0: no clipping
 
+  # Stop when an eval metric stops improving; its best checkpoint is kept.
+  c.early_stopping = ml_collections.ConfigDict()
+  c.early_stopping.metric = ''  # 'SPLIT/METRIC', e.g. 'test/accuracy'; '' disables
+  c.early_stopping.mode = 'max'
+  c.early_stopping.patience = 5  # evaluations without improvement
+  c.early_stopping.min_delta = 0.0
+
   # Multi-process runs (see research/distributed.py); all defaults mean "one process".
   c.distributed = ml_collections.ConfigDict()
   c.distributed.auto = False    # True on TPU pods / managed clusters: jax finds the coordinator
@@ -102,12 +109,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.checkpoint.every_steps < 0:
     raise ValueError(f'config.checkpoint.every_steps must be >= 0, got '
                      f'{config.checkpoint.every_steps}.')
-  best = config.checkpoint.best_metric
-  if best and (best.count('/') != 1 or best.split('/')[0] not in
-               [('train_eval' if s == 'train' else s) for s in eval_splits(config)]):
-    raise ValueError(f"config.checkpoint.best_metric must be 'SPLIT/METRIC' for an eval split "
-                     f"in config.dataset.eval_splits ({config.dataset.eval_splits!r}), e.g. "
-                     f"'test/accuracy'; got {best!r}.")
+  split_keys = [('train_eval' if s == 'train' else s) for s in eval_splits(config)]
+  for key in ('checkpoint.best_metric', 'early_stopping.metric'):
+    block, field = key.split('.')
+    value = config[block][field]
+    if value and (value.count('/') != 1 or value.split('/')[0] not in split_keys):
+      raise ValueError(f"config.{key} must be 'SPLIT/METRIC' for an eval split in "
+                       f"config.dataset.eval_splits ({config.dataset.eval_splits!r}), e.g. "
+                       f"'test/accuracy'; got {value!r}.")
+  for key in ('checkpoint.best_mode', 'early_stopping.mode'):
+    block, field = key.split('.')
+    if config[block][field] not in ('max', 'min'):
+      raise ValueError(f"config.{key} must be 'max' or 'min', got {config[block][field]!r}.")
+  if config.early_stopping.metric and (config.early_stopping.patience < 1 or
+                                       not config.eval_every_steps):
+    raise ValueError('Early stopping needs config.early_stopping.patience >= 1 and '
+                     f'config.eval_every_steps > 0; got patience='
+                     f'{config.early_stopping.patience}, eval_every_steps={config.eval_every_steps}.')
   opt = config.optimizer
   if opt.name not in OPTIMIZERS:
     raise ValueError(f'Unknown optimizer {opt.name!r}; available: {list(OPTIMIZERS)}.')

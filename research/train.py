@@ -13,7 +13,6 @@ import os
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -23,32 +22,8 @@ from tqdm import tqdm
 from research import checkpoint as checkpoint_lib
 from research import config as config_lib
 from research import metrics as metrics_lib
-from research import distributed, models, optim, preemption, sharding, steps, writers
-from research.data import pipeline, sources
-
-
-def evaluate(state: steps.TrainState, eval_fn, split: sources.SplitArrays, batch_size: int,
-             batch_sharding) -> dict[str, Any]:
-  """Metrics over the whole split: padded last batch, every example counted once."""
-  totals = None
-  for local_batch in pipeline.eval_dataset(split, batch_size,
-                                           process_index=jax.process_index(),
-                                           process_count=jax.process_count()):
-    out = eval_fn(state, sharding.global_batch(local_batch, batch_sharding))
-    totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
-  return metrics_lib.summarize(totals)
-
-
-def _check_batch_sizes(config: ml_collections.ConfigDict, data_parallel: int) -> None:
-  micro = config.batch_size // config.grad_accum_steps
-  if micro % data_parallel:
-    raise ValueError(
-        f'config.batch_size={config.batch_size} (micro-batch {micro} with grad_accum_steps='
-        f'{config.grad_accum_steps}) must be divisible by the data-parallel size '
-        f'{data_parallel} (mesh data x fsdp).')
-  if config.eval_batch_size % data_parallel:
-    raise ValueError(f'config.eval_batch_size={config.eval_batch_size} must be divisible by '
-                     f'the data-parallel size {data_parallel} (mesh data x fsdp).')
+from research import distributed, experiment, preemption, sharding, steps, writers
+from research.data import pipeline
 
 
 class _TrainMetrics:
@@ -77,6 +52,26 @@ class _TrainMetrics:
     return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
 
 
+class _EarlyStopping:
+  """Stops when `metric` has not improved by `min_delta` for `patience` evaluations."""
+
+  def __init__(self, metric: str, mode: str, patience: int, min_delta: float):
+    self.metric, self.mode, self.patience, self.min_delta = metric, mode, patience, min_delta
+    self.best: float | None = None
+    self._evals_without_improvement = 0
+
+  def should_stop(self, eval_metrics: dict[str, float]) -> bool:
+    if not self.metric:
+      return False
+    value = eval_metrics[self.metric]
+    sign = 1.0 if self.mode == 'max' else -1.0
+    if self.best is None or sign * (value - self.best) > self.min_delta:
+      self.best, self._evals_without_improvement = value, 0
+    else:
+      self._evals_without_improvement += 1
+    return self._evals_without_improvement >= self.patience
+
+
 def _truncate_metrics_log(path: str, last_step: int) -> None:
   """On resume, drops log records written after the checkpoint (they will be redone)."""
   if not os.path.exists(path):
@@ -102,69 +97,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   is_main_process = jax.process_index() == 0
   metrics_log = writers.MetricsLog(workdir, enabled=is_main_process)
 
-  # ---- Mesh ----
-  mesh = sharding.make_mesh(config.mesh)
-  data_parallel = sharding.data_parallel_size(mesh)
-  _check_batch_sizes(config, data_parallel)
-  batch_sharding = sharding.batch_sharding(mesh)
-  logging.info('Mesh %s over %d devices (%s), %d process(es).', dict(mesh.shape), mesh.size,
-               jax.devices()[0].platform, jax.process_count())
-
-  # ---- Data ----
-  builder = sources.open_builder(config.dataset)
-  info = sources.dataset_info(builder, config.dataset)
-  train_split = sources.load_split(builder, info, config.dataset.train_split)
-  # Results are keyed by split; 'train' already names the training-loop metrics, so an
-  # evaluation of the train split is reported as 'train_eval'.
-  eval_splits = {('train_eval' if name == 'train' else name):
-                 sources.load_split(builder, info, name)
-                 for name in config_lib.eval_splits(config)}
+  # ---- Mesh, data, model, state shapes and shardings (shared with research.evaluate) ----
+  exp = experiment.build(config)
+  mesh = exp.mesh
   train_iter = iter(pipeline.train_dataset(
-      train_split, config.batch_size, seed=config.seed, shuffle=config.dataset.shuffle,
+      exp.train_split, config.batch_size, seed=config.seed, shuffle=config.dataset.shuffle,
       process_index=jax.process_index(), process_count=jax.process_count()))
-
-  # ---- Model, optimizer, sharded state ----
-  model = models.build_model(config.model, info.num_classes)
-  tx = optim.create_optimizer(config.optimizer, config.num_train_steps)
-  example_inputs = pipeline.default_preprocess(train_split.inputs[:1])
-  init_fn = functools.partial(steps.create_train_state, model, tx, example_inputs)
-  init_rng = jax.random.key(config.seed)
-  # Shapes and shardings first, then materialise each shard where it lives: no full copy
-  # of the state on one device.
-  abstract_state = jax.eval_shape(init_fn, init_rng)
-  state_sharding = sharding.tree_shardings(abstract_state, mesh)
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      nn.unbox(abstract_state), state_sharding)
-
-  # ---- Compiled steps ----
-  replicated = sharding.replicated(mesh)
+  # ---- The compiled train step ----
   train_fn = jax.jit(
       functools.partial(steps.train_step, seed=config.seed,
                         grad_accum_steps=config.grad_accum_steps,
                         skip_nonfinite=config.nan_policy == 'skip'),
-      in_shardings=(state_sharding, batch_sharding),
-      out_shardings=(state_sharding, replicated),
+      in_shardings=(exp.state_sharding, exp.batch_sharding),
+      out_shardings=(exp.state_sharding, sharding.replicated(mesh)),
       donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(steps.eval_step, num_classes=info.num_classes),
-                    in_shardings=(state_sharding, batch_sharding), out_shardings=replicated)
 
   # ---- Resume, or start fresh ----
   ckpt_cfg = config.checkpoint
+  early = config.early_stopping
+  # Early stopping keeps the best checkpoint by its metric unless another one is configured.
+  best_metric = ckpt_cfg.best_metric or early.metric
+  best_mode = ckpt_cfg.best_mode if ckpt_cfg.best_metric else early.mode
   checkpointer = checkpoint_lib.Checkpointer(
-      workdir, keep=ckpt_cfg.keep, best_metric=ckpt_cfg.best_metric,
-      best_mode=ckpt_cfg.best_mode, async_save=ckpt_cfg.async_save)
+      workdir, keep=ckpt_cfg.keep, best_metric=best_metric, best_mode=best_mode,
+      async_save=ckpt_cfg.async_save)
   state, start_step = None, 0
   if ckpt_cfg.resume:
-    state, restored_step = checkpointer.restore(abstract_state, train_iter)
+    state, restored_step = checkpointer.restore(exp.abstract_state, train_iter)
     if state is not None:
       start_step = restored_step
       logging.info('Resumed from the checkpoint at step %d.', start_step)
       if is_main_process:
         _truncate_metrics_log(metrics_log.path, start_step)
   if state is None:
-    with jax.set_mesh(mesh):
-      state = jax.jit(lambda rng: nn.unbox(init_fn(rng)), out_shardings=state_sharding)(init_rng)
+    state = exp.initial_state()
   if is_main_process:
     writers.write_config(workdir, config)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -173,8 +139,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---- Loop ----
   def run_evals(step: int) -> dict[str, dict[str, Any]]:
     out = {}
-    for name, split in eval_splits.items():
-      result = evaluate(state, eval_fn, split, config.eval_batch_size, batch_sharding)
+    for name in exp.eval_splits:
+      result = exp.evaluate(state, name)
       metrics_log.write(step, name, metrics_lib.scalars(result))
       logging.info('step %d  %s: loss %.4f  accuracy %.4f  (%d examples)', step, name,
                    result['loss'], result['accuracy'], result['num_examples'])
@@ -187,6 +153,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   train_metrics = _TrainMetrics()
   compilations_after_step_2 = None
+  stopper = _EarlyStopping(early.metric, early.mode, early.patience, early.min_delta)
+  stopped_early_at = None
   check_finite = config.nan_policy == 'stop'
   last_train: dict[str, float] = {}
   eval_results: dict[str, dict[str, Any]] = {}
@@ -198,7 +166,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
              dynamic_ncols=True, disable=not (config.progress_bar and is_main_process))
   with jax.set_mesh(mesh), preemption.PreemptionWatcher() as watcher:
     for step in range(start_step + 1, config.num_train_steps + 1):
-      batch = sharding.global_batch(next(train_iter), batch_sharding)
+      batch = sharding.global_batch(next(train_iter), exp.batch_sharding)
       if step == start_step + 1:
         t0 = time.perf_counter()
         state, metrics = train_fn(state, batch)
@@ -231,10 +199,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       evaluated = is_last or (config.eval_every_steps and step % config.eval_every_steps == 0)
       if evaluated:
         eval_results = run_evals(step)
+        if stopper.should_stop(flat_eval_metrics(eval_results)):
+          stopped_early_at = step
+          logging.info('Early stopping at step %d: %s has not improved for %d evaluations '
+                       '(best %.5f).', step, early.metric, early.patience, stopper.best)
       stop = watcher.should_stop()
       periodic = ckpt_cfg.every_steps and step % ckpt_cfg.every_steps == 0
       # With a best-metric policy every evaluation is saved, so "best" is a real checkpoint.
-      if is_last or stop or periodic or (evaluated and ckpt_cfg.best_metric):
+      if (is_last or stop or periodic or stopped_early_at or
+          (evaluated and best_metric)):
         train_metrics.flush(check_finite)  # never save a state that went non-finite
         checkpointer.save(step, state, train_iter,
                           flat_eval_metrics(eval_results) if evaluated else None)
@@ -243,6 +216,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpointer.close()
         bar.close()
         raise preemption.Preempted(step, watcher.signal_name)
+      if stopped_early_at:
+        break
       if step % config.log_every_steps == 0 or evaluated:
         interval_start = time.perf_counter()  # evals and saves do not count as training
         interval_examples = 0
@@ -256,8 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     logging.warning('The train step was recompiled after step %d (%d compilations): an input '
                     'changed shape, dtype or sharding.', start_step + 2, train_fn._cache_size())
   if not eval_results:  # resumed at or past the last step: evaluate the restored state
-    with jax.set_mesh(mesh):
-      eval_results = run_evals(int(state.step))
+    eval_results = run_evals(int(state.step))
   checkpointer.wait()
   best_step = checkpointer.best_step()
   checkpointer.close()
@@ -265,7 +239,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   results = {
       **eval_results,
       'train': last_train,
-      'steps': config.num_train_steps,
+      'steps': stopped_early_at or config.num_train_steps,
+      'stopped_early_at_step': stopped_early_at,
       'resumed_from_step': start_step,
       'best_checkpoint_step': best_step,
       'num_params': int(num_params),

@@ -1,0 +1,79 @@
+"""Evaluates a saved run without training.
+
+  python -m research.evaluate --workdir=DIR [--checkpoint=latest|best|STEP] [--split=test]
+
+Rebuilds the run from DIR/config.json, restores the chosen checkpoint onto the current
+devices, evaluates the split and writes DIR/eval/<split>-<step>.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+from absl import app, flags, logging
+
+from research import checkpoint as checkpoint_lib
+from research import experiment, writers
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by research.main.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")
+_SPLIT = flags.DEFINE_string('split', 'test', 'The tfds split to evaluate.')
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path} does not exist: is {workdir!r} a run directory?')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate_run(workdir: str, checkpoint: str = 'latest', split: str = 'test') -> dict[str, Any]:
+  """Metrics of `split` at a saved checkpoint; also written to WORKDIR/eval/<split>-<step>.json."""
+  config = load_run_config(workdir)
+  config.checkpoint.async_save = False
+  best_metric = config.checkpoint.best_metric or config.early_stopping.metric
+  best_mode = config.checkpoint.best_mode if config.checkpoint.best_metric else config.early_stopping.mode
+  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
+                                             best_metric=best_metric, best_mode=best_mode)
+  if checkpoint == 'latest':
+    step = checkpointer.latest_step()
+  elif checkpoint == 'best':
+    if not best_metric:
+      raise ValueError('--checkpoint=best needs a run with checkpoint.best_metric or '
+                       'early_stopping.metric set; this run has neither.')
+    step = checkpointer.best_step()
+  elif checkpoint.isdigit():
+    step = int(checkpoint)
+  else:
+    raise ValueError(f"--checkpoint must be 'latest', 'best' or a step number, got {checkpoint!r}.")
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint in {checkpointer.directory}.')
+
+  exp = experiment.build(config, load_train_split=False, eval_split_names=[split])
+  state = checkpointer.restore_state(exp.abstract_state, step)
+  checkpointer.close()
+  result = {'step': step, 'checkpoint': checkpoint, 'split': split,
+            **exp.evaluate(state, experiment.results_key(split))}
+  out_dir = writers.prepare_workdir(os.path.join(workdir, 'eval'))
+  writers.write_json_atomic(os.path.join(out_dir, f'{split}-{step}.json'), result)
+  return result
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
+  result = evaluate_run(_WORKDIR.value, _CHECKPOINT.value, _SPLIT.value)
+  print(f"{_SPLIT.value} at step {result['step']} ({_CHECKPOINT.value}): "
+        f"loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}  "
+        f"macro F1 {result['macro_f1']:.4f}  ({result['num_examples']} examples)")
+  out_path = os.path.join(_WORKDIR.value, 'eval', f"{_SPLIT.value}-{result['step']}.json")
+  print(f'Written to {out_path}')
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('workdir')
+  app.run(main)

@@ -1,0 +1,109 @@
+"""What training and evaluation share: mesh, data, model, state shapes and shardings, eval.
+
+`build(config)` sets up everything up to (not including) the state's values, so the
+trainer can initialise or resume, and `research.evaluate` can restore a checkpoint into
+exactly the layout that wrote it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import ml_collections
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+
+from research import config as config_lib
+from research import metrics as metrics_lib
+from research import models, optim, sharding, steps
+from research.data import pipeline, sources
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: ml_collections.ConfigDict
+  mesh: Mesh
+  batch_sharding: NamedSharding
+  info: sources.DatasetInfo
+  train_split: sources.SplitArrays | None
+  eval_splits: dict[str, sources.SplitArrays]  # keyed as results.json keys them
+  model: nn.Module
+  init_fn: Callable[[jax.Array], Any]          # rng -> boxed TrainState
+  abstract_state: Any                          # ShapeDtypeStructs carrying target shardings
+  state_sharding: Any
+  eval_fn: Callable
+
+  def initial_state(self) -> steps.TrainState:
+    """A fresh state, each shard created on its own device (no full copy anywhere)."""
+    with jax.set_mesh(self.mesh):
+      return jax.jit(lambda rng: nn.unbox(self.init_fn(rng)),
+                     out_shardings=self.state_sharding)(jax.random.key(self.config.seed))
+
+  def evaluate(self, state: steps.TrainState, split_name: str) -> dict[str, Any]:
+    """Metrics over a whole split: padded last batch, every example counted once."""
+    totals = None
+    with jax.set_mesh(self.mesh):
+      for local_batch in pipeline.eval_dataset(
+          self.eval_splits[split_name], self.config.eval_batch_size,
+          process_index=jax.process_index(), process_count=jax.process_count()):
+        out = self.eval_fn(state, sharding.global_batch(local_batch, self.batch_sharding))
+        totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
+    return metrics_lib.summarize(totals)
+
+
+def results_key(split: str) -> str:
+  """'train' names the training loop's metrics, so evaluating that split reports 'train_eval'."""
+  return 'train_eval' if split == 'train' else split
+
+
+def check_batch_sizes(config: ml_collections.ConfigDict, data_parallel: int) -> None:
+  micro = config.batch_size // config.grad_accum_steps
+  if micro % data_parallel:
+    raise ValueError(
+        f'config.batch_size={config.batch_size} (micro-batch {micro} with grad_accum_steps='
+        f'{config.grad_accum_steps}) must be divisible by the data-parallel size '
+        f'{data_parallel} (mesh data x fsdp).')
+  if config.eval_batch_size % data_parallel:
+    raise ValueError(f'config.eval_batch_size={config.eval_batch_size} must be divisible by '
+                     f'the data-parallel size {data_parallel} (mesh data x fsdp).')
+
+
+def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
+          eval_split_names: list[str] | None = None) -> Experiment:
+  # ---- Mesh ----
+  mesh = sharding.make_mesh(config.mesh)
+  check_batch_sizes(config, sharding.data_parallel_size(mesh))
+  batch_sharding = sharding.batch_sharding(mesh)
+  logging.info('Mesh %s over %d devices (%s), %d process(es).', dict(mesh.shape), mesh.size,
+               jax.devices()[0].platform, jax.process_count())
+
+  # ---- Data ----
+  builder = sources.open_builder(config.dataset)
+  info = sources.dataset_info(builder, config.dataset)
+  train_split = (sources.load_split(builder, info, config.dataset.train_split)
+                 if load_train_split else None)
+  names = config_lib.eval_splits(config) if eval_split_names is None else eval_split_names
+  eval_splits = {results_key(name): sources.load_split(builder, info, name) for name in names}
+
+  # ---- Model, optimizer, state shapes and shardings ----
+  model = models.build_model(config.model, info.num_classes)
+  tx = optim.create_optimizer(config.optimizer, config.num_train_steps)
+  any_split = train_split if train_split is not None else next(iter(eval_splits.values()))
+  example_inputs = pipeline.default_preprocess(any_split.inputs[:1])
+  init_fn = functools.partial(steps.create_train_state, model, tx, example_inputs)
+  boxed = jax.eval_shape(init_fn, jax.random.key(config.seed))
+  state_sharding = sharding.tree_shardings(boxed, mesh)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      nn.unbox(boxed), state_sharding)
+
+  eval_fn = jax.jit(functools.partial(steps.eval_step, num_classes=info.num_classes),
+                    in_shardings=(state_sharding, batch_sharding),
+                    out_shardings=sharding.replicated(mesh))
+  return Experiment(config=config, mesh=mesh, batch_sharding=batch_sharding, info=info,
+                    train_split=train_split, eval_splits=eval_splits, model=model,
+                    init_fn=init_fn, abstract_state=abstract_state,
+                    state_sharding=state_sharding, eval_fn=eval_fn)

@@ -1,0 +1,55 @@
+"""research.evaluate reproduces a finished run's metrics; early stopping and best checkpoints."""
+import json
+
+import pytest
+
+from research import evaluate, train
+from tests.helpers import read_jsonl, run_module, tiny_config
+
+
+def test_evaluate_reproduces_final_results_exactly(tmp_path):
+  results = train.train_and_evaluate(tiny_config('cnn', steps=20), str(tmp_path))
+  evaluated = evaluate.evaluate_run(str(tmp_path), 'latest', 'test')
+  assert evaluated['step'] == 20
+  for key in ('loss', 'accuracy', 'macro_f1', 'ece', 'confusion_matrix', 'num_examples'):
+    assert evaluated[key] == results['test'][key], key
+  saved = json.loads((tmp_path / 'eval' / 'test-20.json').read_text())
+  assert saved['accuracy'] == results['test']['accuracy']
+
+
+def test_evaluate_cli(tmp_path):
+  train.train_and_evaluate(tiny_config('logistic', steps=10), str(tmp_path))
+  proc = run_module('research.evaluate', f'--workdir={tmp_path}', '--checkpoint=10',
+                    '--split=train')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '(4000 examples)' in proc.stdout
+  assert (tmp_path / 'eval' / 'train-10.json').exists()
+
+
+def test_evaluate_bad_checkpoint_name(tmp_path):
+  train.train_and_evaluate(tiny_config('logistic', steps=5), str(tmp_path))
+  with pytest.raises(ValueError, match="'latest', 'best' or a step number"):
+    evaluate.evaluate_run(str(tmp_path), 'newest')
+  with pytest.raises(FileNotFoundError, match=r'available steps: \[5\]'):
+    evaluate.evaluate_run(str(tmp_path), '7')
+
+
+def test_early_stopping_stops_on_plateau_and_best_is_evaluated(tmp_path):
+  config = tiny_config('mlp', steps=2000)
+  config.optimizer.learning_rate = 0.05  # overfits quickly: test loss turns up
+  config.eval_every_steps = 10
+  config.checkpoint.every_steps = 0
+  config.early_stopping.metric = 'test/loss'
+  config.early_stopping.mode = 'min'
+  config.early_stopping.patience = 2
+  results = train.train_and_evaluate(config, str(tmp_path))
+  stopped = results['stopped_early_at_step']
+  assert stopped is not None and stopped < 2000
+  losses = {r['step']: r['loss'] for r in read_jsonl(tmp_path / 'metrics.jsonl')
+            if r['split'] == 'test'}
+  best_step = min(losses, key=losses.get)
+  assert stopped == best_step + 2 * 10  # two evaluations without improvement
+  assert results['best_checkpoint_step'] == best_step
+  best = evaluate.evaluate_run(str(tmp_path), 'best', 'test')
+  assert best['step'] == best_step
+  assert best['loss'] == pytest.approx(losses[best_step], rel=1e-6)
