@@ -11,6 +11,7 @@ import difflib
 import ml_collections
 
 from research import models
+from research.data import preprocess
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'linear')
@@ -46,6 +47,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.shuffle = True      # a fresh permutation per epoch, a function of the seed
   c.dataset.input_key = ''      # '' -> the dataset's supervised_keys
   c.dataset.label_key = ''
+  # Preprocessing ops, e.g. 'random_crop(pad=2)|flip|standardize' (research/data/preprocess.py
+  # lists them). '' -> uint8 / 255, floats as float32. Random ops act in training only.
+  c.dataset.preprocess = ''
+  c.dataset.balance_classes = False  # oversample rare classes: every class equally often
 
   c.model = models.model_config('cnn')
 
@@ -136,6 +141,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 <= opt.warmup_steps <= config.num_train_steps:
     raise ValueError(f'config.optimizer.warmup_steps={opt.warmup_steps} must be in '
                      f'[0, num_train_steps={config.num_train_steps}].')
+  preprocess.parse_spec(config.dataset.preprocess)  # unknown ops fail here, listing valid ones
   # Unknown model names and hyperparameters are reported by models.build_model.
   models.hyperparameters(config.model.name)
 

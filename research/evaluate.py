@@ -52,7 +52,8 @@ def evaluate_run(workdir: str, checkpoint: str = 'latest', split: str = 'test') 
   if step is None:
     raise FileNotFoundError(f'No checkpoint in {checkpointer.directory}.')
 
-  exp = experiment.build(config, load_train_split=False, eval_split_names=[split])
+  exp = experiment.build(config, load_train_split=False, eval_split_names=[split],
+                         workdir=workdir)
   state = checkpointer.restore_state(exp.abstract_state, step)
   checkpointer.close()
   result = {'step': step, 'checkpoint': checkpoint, 'split': split,

@@ -13,13 +13,14 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
 from research import config as config_lib
 from research import metrics as metrics_lib
 from research import models, optim, sharding, steps
-from research.data import pipeline, sources
+from research.data import pipeline, preprocess, sources
 
 
 @dataclasses.dataclass
@@ -35,6 +36,7 @@ class Experiment:
   abstract_state: Any                          # ShapeDtypeStructs carrying target shardings
   state_sharding: Any
   eval_fn: Callable
+  preprocess: preprocess.Preprocess  # train_fn augments; eval_fn is what evaluation sees
 
   def initial_state(self) -> steps.TrainState:
     """A fresh state, each shard created on its own device (no full copy anywhere)."""
@@ -48,7 +50,8 @@ class Experiment:
     with jax.set_mesh(self.mesh):
       for local_batch in pipeline.eval_dataset(
           self.eval_splits[split_name], self.config.eval_batch_size,
-          process_index=jax.process_index(), process_count=jax.process_count()):
+          process_index=jax.process_index(), process_count=jax.process_count(),
+          preprocess=self.preprocess.eval_fn):
         out = self.eval_fn(state, sharding.global_batch(local_batch, self.batch_sharding))
         totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
     return metrics_lib.summarize(totals)
@@ -72,7 +75,8 @@ def check_batch_sizes(config: ml_collections.ConfigDict, data_parallel: int) -> 
 
 
 def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
-          eval_split_names: list[str] | None = None) -> Experiment:
+          eval_split_names: list[str] | None = None, workdir: str | None = None) -> Experiment:
+  """`workdir` holds a tokenizer trained by the preprocessing (reused on resume and eval)."""
   # ---- Mesh ----
   mesh = sharding.make_mesh(config.mesh)
   check_batch_sizes(config, sharding.data_parallel_size(mesh))
@@ -83,16 +87,28 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
   # ---- Data ----
   builder = sources.open_builder(config.dataset)
   info = sources.dataset_info(builder, config.dataset)
+  # Preprocessing statistics (standardize) and tokenizers are fitted on the training split,
+  # so evaluation-only runs load it too when the spec needs it.
+  spec = config.dataset.preprocess
   train_split = (sources.load_split(builder, info, config.dataset.train_split)
-                 if load_train_split else None)
+                 if load_train_split or preprocess.needs_train_split(spec) else None)
   names = config_lib.eval_splits(config) if eval_split_names is None else eval_split_names
   eval_splits = {results_key(name): sources.load_split(builder, info, name) for name in names}
+  pp = preprocess.build_preprocess(
+      spec, train_split, seed=config.seed, num_classes=info.num_classes,
+      process_index=jax.process_index(), process_count=jax.process_count(), cache_dir=workdir)
+  logging.info('Preprocessing %r: %s', spec, pp.summary())
+  if pp.vocab_size and 'vocab_size' in config.model and config.model.vocab_size < pp.vocab_size:
+    raise ValueError(f'config.model.vocab_size={config.model.vocab_size} is smaller than the '
+                     f'tokenizer vocabulary ({pp.vocab_size}); set '
+                     f'--config.model.vocab_size={pp.vocab_size}.')
 
   # ---- Model, optimizer, state shapes and shardings ----
   model = models.build_model(config.model, info.num_classes)
   tx = optim.create_optimizer(config.optimizer, config.num_train_steps)
   any_split = train_split if train_split is not None else next(iter(eval_splits.values()))
-  example_inputs = pipeline.default_preprocess(any_split.inputs[:1])
+  example_inputs = pp.eval_fn({'inputs': any_split.inputs[:1], 'labels': any_split.labels[:1],
+                               'mask': np.ones(1, bool)}, 0)['inputs']
   init_fn = functools.partial(steps.create_train_state, model, tx, example_inputs)
   boxed = jax.eval_shape(init_fn, jax.random.key(config.seed))
   state_sharding = sharding.tree_shardings(boxed, mesh)
@@ -106,4 +122,4 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
   return Experiment(config=config, mesh=mesh, batch_sharding=batch_sharding, info=info,
                     train_split=train_split, eval_splits=eval_splits, model=model,
                     init_fn=init_fn, abstract_state=abstract_state,
-                    state_sharding=state_sharding, eval_fn=eval_fn)
+                    state_sharding=state_sharding, eval_fn=eval_fn, preprocess=pp)

@@ -23,7 +23,7 @@ from research import checkpoint as checkpoint_lib
 from research import config as config_lib
 from research import metrics as metrics_lib
 from research import distributed, experiment, preemption, sharding, steps, writers
-from research.data import pipeline
+from research.data import balance, pipeline
 
 
 class _TrainMetrics:
@@ -98,11 +98,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   metrics_log = writers.MetricsLog(workdir, enabled=is_main_process)
 
   # ---- Mesh, data, model, state shapes and shardings (shared with research.evaluate) ----
-  exp = experiment.build(config)
+  exp = experiment.build(config, workdir=workdir)
   mesh = exp.mesh
+  sampler = None
+  if config.dataset.balance_classes:
+    sampler = balance.BalancedSampler(exp.train_split.labels, exp.info.num_classes,
+                                      seed=config.seed)
+    logging.info('Class-balanced epochs of %d examples; class frequencies %s -> %s.',
+                 sampler.epoch_size, sampler.natural_frequencies.round(4).tolist(),
+                 sampler.effective_frequencies.round(4).tolist())
+  if is_main_process:  # what the data looked like to the model, for the record
+    writers.write_json_atomic(os.path.join(workdir, 'data.json'), {
+        'preprocess': config.dataset.preprocess, 'fitted': exp.preprocess.summary(),
+        'class_balance': sampler.log_summary() if sampler else None})
   train_iter = iter(pipeline.train_dataset(
       exp.train_split, config.batch_size, seed=config.seed, shuffle=config.dataset.shuffle,
-      process_index=jax.process_index(), process_count=jax.process_count()))
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      preprocess=exp.preprocess.train_fn, sampler=sampler))
   # ---- The compiled train step ----
   train_fn = jax.jit(
       functools.partial(steps.train_step, seed=config.seed,

@@ -159,8 +159,6 @@ def test_empty_split_raises(prepared, monkeypatch):
     sources.load_split(builder, info, 'test')
 
 
-@pytest.mark.xfail(strict=True, reason='tfds raises "Paths sequence can not be of 0 '
-                   'length" for an empty slice; needs the size check in sources.load_split')
 def test_empty_slice_raises_clearly(prepared):
   _, builder, info, _ = prepared['sklearn_digits']
   with pytest.raises(ValueError, match='is empty'):

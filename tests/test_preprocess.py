@@ -49,6 +49,15 @@ def test_bad_specs_fail_with_the_valid_choices(spec, message):
     preprocess.build_preprocess(spec, images(), seed=0)
 
 
+def test_which_specs_need_the_training_split():
+  assert not preprocess.needs_train_split('random_crop(pad=2)|flip|one_hot|tokenize_bytes')
+  assert preprocess.needs_train_split('flip|standardize')
+  assert preprocess.needs_train_split('tokenize_spm(vocab_size=100)')
+  assert not preprocess.needs_train_split("tokenize_spm(model='/tmp/a.model')")
+  with pytest.raises(ValueError, match='pass train_split'):
+    preprocess.build_preprocess('standardize', None, seed=0)
+
+
 def test_describe_lists_every_op():
   text = preprocess.describe_ops()
   for name in [*preprocess.OPS, *preprocess.ALIASES]:

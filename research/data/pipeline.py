@@ -11,6 +11,10 @@ Python map is several times slower than the models' training steps (DESIGN.md).
   so every example counts exactly once.
 - Multi-host: every process computes the same global batch indices and keeps only its
   contiguous slice (`process_index`), so processes read disjoint data.
+- Class balance (optional): a `balance.BalancedSampler` replaces the permutation; epoch e
+  is `sampler.order(e)`, where every class appears equally often.
+- Preprocessing (`research.data.preprocess`) is called as `preprocess(batch, k)` with the
+  global batch index k, so its random augmentations are a function of (seed, k).
 The iterator's `get_state()`/`set_state()` is the data position stored in checkpoints.
 """
 from __future__ import annotations
@@ -20,6 +24,8 @@ import sys
 import grain
 import numpy as np
 
+from research.data import balance
+from research.data import preprocess as preprocess_lib
 from research.data.sources import SplitArrays
 
 
@@ -27,8 +33,12 @@ class BatchIndices(grain.MapDataset):
   """Element k: `{'index': int64[B], 'mask': bool[B]}` for global batch k."""
 
   def __init__(self, num_examples: int, batch_size: int, *, seed: int, shuffle: bool,
-               train: bool):
+               train: bool, sampler: balance.BalancedSampler | None = None):
     super().__init__()
+    if sampler is not None:
+      if not train:
+        raise ValueError('Class-balanced sampling is for training only.')
+      num_examples = sampler.epoch_size  # an epoch is the balanced order's length
     if num_examples == 0:
       raise ValueError('Cannot build batches from an empty split.')
     if train and num_examples < batch_size:
@@ -39,6 +49,7 @@ class BatchIndices(grain.MapDataset):
     self._seed = seed
     self._shuffle = shuffle
     self._train = train
+    self._sampler = sampler
     self._batches_per_epoch = (num_examples // batch_size if train
                                else -(-num_examples // batch_size))
     self._cached_epoch: tuple[int, np.ndarray] | None = None
@@ -58,7 +69,9 @@ class BatchIndices(grain.MapDataset):
     cached = self._cached_epoch
     if cached is not None and cached[0] == epoch:
       return cached[1]
-    if self._shuffle:
+    if self._sampler is not None:
+      order = self._sampler.order(epoch)  # already shuffled, a function of (seed, epoch)
+    elif self._shuffle:
       order = np.random.default_rng([self._seed, epoch]).permutation(self._n)
     else:
       order = np.arange(self._n)
@@ -91,25 +104,30 @@ class _ProcessSlice:
 
 
 class _Gather:
-  """Turns indices into arrays: one vectorised gather per batch."""
+  """Turns the indices of global batch k into arrays (one vectorised gather), then
+  preprocesses them as `preprocess(batch, k)`."""
 
-  def __init__(self, split: SplitArrays, preprocess):
+  def __init__(self, split: SplitArrays, preprocess: preprocess_lib.PreprocessFn):
     self._split, self._preprocess = split, preprocess
 
-  def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  def __call__(self, k: int, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     idx = batch['index']
-    return {
-        'inputs': self._preprocess(self._split.inputs[idx]),
+    gathered = {
+        'inputs': self._split.inputs[idx],
         'labels': self._split.labels[idx],
         'mask': batch['mask'],
     }
+    return self._preprocess(gathered, k)
 
 
 def default_preprocess(inputs: np.ndarray) -> np.ndarray:
-  """uint8 images to [0, 1] floats; everything else to float32."""
+  """uint8 images to [0, 1] floats; everything else to float32 (the empty spec's result)."""
   if inputs.dtype == np.uint8:
     return inputs.astype(np.float32) / 255.0
   return inputs.astype(np.float32, copy=False)
+
+
+_NO_PREPROCESSING = preprocess_lib.make_preprocess('', seed=0)  # only default_preprocess
 
 
 def _check_divisible(batch_size: int, process_count: int) -> None:
@@ -120,17 +138,24 @@ def _check_divisible(batch_size: int, process_count: int) -> None:
 
 def train_dataset(split: SplitArrays, batch_size: int, *, seed: int, shuffle: bool = True,
                   process_index: int = 0, process_count: int = 1,
-                  preprocess=default_preprocess, prefetch: int = 2) -> grain.IterDataset:
+                  preprocess: preprocess_lib.PreprocessFn = _NO_PREPROCESSING,
+                  sampler: balance.BalancedSampler | None = None,
+                  prefetch: int = 2) -> grain.IterDataset:
   """Endless training batches of this process's share of `batch_size` (the global batch)."""
   _check_divisible(batch_size, process_count)
-  ds = BatchIndices(len(split), batch_size, seed=seed, shuffle=shuffle, train=True)
-  ds = ds.map(_ProcessSlice(process_index, process_count)).map(_Gather(split, preprocess))
+  ds = BatchIndices(len(split), batch_size, seed=seed, shuffle=shuffle, train=True,
+                    sampler=sampler)
+  ds = ds.map(_ProcessSlice(process_index, process_count))
+  ds = ds.map_with_index(_Gather(split, preprocess))
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch))
 
 
 def eval_dataset(split: SplitArrays, batch_size: int, *, process_index: int = 0,
-                 process_count: int = 1, preprocess=default_preprocess) -> grain.MapDataset:
+                 process_count: int = 1,
+                 preprocess: preprocess_lib.PreprocessFn = _NO_PREPROCESSING
+                 ) -> grain.MapDataset:
   """One ordered pass; the last batch is padded and its padding has `mask == False`."""
   _check_divisible(batch_size, process_count)
   ds = BatchIndices(len(split), batch_size, seed=0, shuffle=False, train=False)
-  return ds.map(_ProcessSlice(process_index, process_count)).map(_Gather(split, preprocess))
+  ds = ds.map(_ProcessSlice(process_index, process_count))
+  return ds.map_with_index(_Gather(split, preprocess))

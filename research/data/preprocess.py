@@ -259,12 +259,26 @@ def tokenize(batch: Batch, rand, *, tokenizer, max_len: int, cls: bool) -> Batch
   return {**batch, 'inputs': ids, 'input_mask': mask}
 
 
+def _never(kwargs: dict[str, Any]) -> bool:
+  return False
+
+
+def _always(kwargs: dict[str, Any]) -> bool:
+  return True
+
+
+def _unless_model_given(kwargs: dict[str, Any]) -> bool:
+  return not kwargs.get('model')
+
+
 @dataclasses.dataclass(frozen=True)
 class Op:
   apply: Callable[..., Batch]
   fit: Callable[..., dict[str, Any]] | None = None  # user kwargs -> apply's params
   random: bool = False
   tokenizes: bool = False
+  # Whether fitting reads the training split, given the op's arguments.
+  needs_train_split: Callable[[dict[str, Any]], bool] = _never
 
   def arguments(self) -> dict[str, Any]:
     fn = self.fit or self.apply
@@ -274,14 +288,15 @@ class Op:
 
 OPS: dict[str, Op] = {
     'to_float': Op(to_float),
-    'scale': Op(scale, _fit_scale),
-    'standardize': Op(standardize, _fit_standardize),
+    'scale': Op(scale, _fit_scale, needs_train_split=_always),
+    'standardize': Op(standardize, _fit_standardize, needs_train_split=_always),
     'one_hot': Op(one_hot, _fit_one_hot),
     'random_crop': Op(random_crop, _fit_crop, random=True),
     'random_shift': Op(random_shift, _fit_shift, random=True),
     'flip': Op(flip, random=True),
     'tokenize_bytes': Op(tokenize, _fit_tokenize_bytes, tokenizes=True),
-    'tokenize_spm': Op(tokenize, _fit_tokenize_spm, tokenizes=True),
+    'tokenize_spm': Op(tokenize, _fit_tokenize_spm, tokenizes=True,
+                       needs_train_split=_unless_model_given),
 }
 
 
@@ -368,6 +383,12 @@ def parse_spec(spec: str | Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
       _check_type(name, key, value, accepted[key])
     parsed.append((name, kwargs))
   return parsed
+
+
+def needs_train_split(spec: str | Sequence[str]) -> bool:
+  """Whether `build_preprocess(spec, ...)` reads the training split (to fit statistics or a
+  tokenizer): evaluation-only runs must then load it too."""
+  return any(OPS[name].needs_train_split(kwargs) for name, kwargs in parse_spec(spec))
 
 
 # ---- Fitting and the two batch functions ----

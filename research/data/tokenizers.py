@@ -115,8 +115,8 @@ def _spm():
   try:
     import sentencepiece
   except ImportError as e:  # an optional dependency: only text experiments need it
-    raise ImportError('The sentencepiece tokenizer needs `pip install "sentencepiece>=0.2,<0.3"` '
-                      '(or `pip install -e ".[text]"`).') from e
+    raise ImportError('The sentencepiece tokenizer needs '
+                      '`pip install "sentencepiece>=0.2,<0.3"`.') from e
   return sentencepiece
 
 
