@@ -110,7 +110,14 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
   example_inputs = pp.eval_fn({'inputs': any_split.inputs[:1], 'labels': any_split.labels[:1],
                                'mask': np.ones(1, bool)}, 0)['inputs']
   init_fn = functools.partial(steps.create_train_state, model, tx, example_inputs)
-  boxed = jax.eval_shape(init_fn, jax.random.key(config.seed))
+  try:
+    boxed = jax.eval_shape(init_fn, jax.random.key(config.seed))
+  except Exception as e:  # shape/dtype errors surface deep inside flax; say what met what
+    raise ValueError(
+        f'Model {config.model.name!r} ({dict(config.model)}) cannot take the inputs of '
+        f'dataset {info.name!r}: one example has shape {tuple(example_inputs.shape[1:])} and '
+        f'dtype {example_inputs.dtype} (after preprocessing {config.dataset.preprocess!r}). '
+        f'{type(e).__name__}: {e}') from e
   state_sharding = sharding.tree_shardings(boxed, mesh)
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

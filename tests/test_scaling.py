@@ -86,7 +86,8 @@ def test_two_processes_match_one_process(eight_device_runs, tmp_path):
           **MESHES['dp8'], 'mesh.data': -1,
           'distributed.coordinator_address': f'127.0.0.1:{port}',
           'distributed.num_processes': 2, 'distributed.process_id': pid,
-          'distributed.initialization_timeout_s': 120}}]
+          'distributed.initialization_timeout_s': 120,
+          'eval_batch_size': 128}}]  # 1,000 test examples: the last batch is padded
       spec_path = tmp_path / f'spec{pid}.json'
       spec_path.write_text(json.dumps(spec))
       procs.append(subprocess.Popen(
@@ -104,6 +105,7 @@ def test_two_processes_match_one_process(eight_device_runs, tmp_path):
   result = json.loads((tmp_path / 'out0.json').read_text())['mlp']
   assert result['results']['processes'] == 2 and result['results']['devices'] == 8
   assert not (tmp_path / 'out1.json').exists()  # only process 0 writes
+  assert result['test_examples'] == result['test_confusion_total'] == 1000
   np.testing.assert_allclose(result['losses'], eight_device_runs['mlp/dp8']['losses'], rtol=RTOL)
 
 

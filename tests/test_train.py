@@ -113,3 +113,10 @@ def test_report_plots_and_tensorboard_are_written(tmp_path):
   assert any((tmp_path / 'tensorboard').rglob('events.out.tfevents.*'))
   for key in ('macro_f1', 'top_5_accuracy', 'ece'):
     assert key in results['test']
+
+
+def test_inputs_the_model_cannot_take_fail_clearly(tmp_path):
+  config = tiny_config('transformer', frontend='image', patch_size=4)
+  with pytest.raises(ValueError, match=r"Model 'transformer' .* cannot take the inputs of "
+                                       r"dataset 'mnist1d': one example has shape \(40,\)"):
+    train.train_and_evaluate(config, str(tmp_path))

@@ -1,0 +1,89 @@
+"""Is the input pipeline ever the bottleneck? Pipeline examples/s vs training examples/s.
+
+  python -m research.data.bench [--batch_size=256] [--json=out.json]
+
+For every offline dataset: examples/s that the grain training pipeline delivers (gather +
+preprocessing + prefetch, host side), next to examples/s that the fastest model's
+(logistic regression's) compiled train step consumes on this machine, and their ratio.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+from absl import app, flags
+
+from research import models, optim, steps
+from research.config import default_config
+from research.data import pipeline, sources
+
+_BATCH = flags.DEFINE_integer('batch_size', 256, 'Global batch size for both measurements.')
+_JSON = flags.DEFINE_string('json', '', 'Also write the numbers to this file.')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed repeats; the median is reported.')
+DATASETS = sources.OFFLINE_DATASETS
+
+
+def _median_rate(fn, examples_per_call: int, calls: int, repeats: int) -> float:
+  rates = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn(calls)
+    rates.append(examples_per_call * calls / (time.perf_counter() - start))
+  return statistics.median(rates)
+
+
+def bench_dataset(name: str, batch_size: int, repeats: int) -> dict:
+  config = default_config()
+  config.dataset.name = name
+  builder = sources.open_builder(config.dataset)
+  info = sources.dataset_info(builder, config.dataset)
+  split = sources.load_split(builder, info, 'train')
+
+  it = iter(pipeline.train_dataset(split, batch_size, seed=0))
+  next(it)
+  pipeline_rate = _median_rate(lambda n: [next(it) for _ in range(n)], batch_size, 200, repeats)
+
+  model = models.build_model(models.model_config('logistic'), info.num_classes)
+  tx = optim.create_optimizer(config.optimizer, 1000)
+  batch = jax.device_put(next(it))
+  state = nn.unbox(steps.create_train_state(model, tx, batch['inputs'][:1], jax.random.key(0)))
+  step = jax.jit(functools.partial(steps.train_step, seed=0), donate_argnums=(0,))
+  state, metrics = step(state, batch)  # compile
+  jax.block_until_ready(metrics)
+
+  def train(n):
+    nonlocal state
+    for _ in range(n):
+      state, m = step(state, batch)
+    jax.block_until_ready(m)
+
+  train_rate = _median_rate(train, batch_size, 200, repeats)
+  return {'dataset': name, 'examples': len(split), 'input_shape': list(split.inputs.shape[1:]),
+          'pipeline_examples_per_s': pipeline_rate, 'train_examples_per_s': train_rate,
+          'ratio': pipeline_rate / train_rate}
+
+
+def main(argv) -> None:
+  del argv
+  rows = [bench_dataset(name, _BATCH.value, _REPEATS.value) for name in DATASETS]
+  print(f'\nBatch {_BATCH.value}, median of {_REPEATS.value} repeats of 200 batches, '
+        f'{jax.device_count()} {jax.devices()[0].platform} device(s), '
+        f'numpy {np.__version__}, jax {jax.__version__}\n')
+  print('| dataset | train examples | example shape | pipeline ex/s | logistic train step ex/s | pipeline / train |')
+  print('|---|---:|---|---:|---:|---:|')
+  for r in rows:
+    print(f"| {r['dataset']} | {r['examples']:,} | {tuple(r['input_shape'])} | "
+          f"{r['pipeline_examples_per_s']:,.0f} | {r['train_examples_per_s']:,.0f} | "
+          f"{r['ratio']:.1f}x |")
+  if _JSON.value:
+    with open(_JSON.value, 'w') as f:
+      json.dump(rows, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main)
