@@ -36,6 +36,8 @@ class Experiment:
   abstract_state: Any                          # ShapeDtypeStructs carrying target shardings
   state_sharding: Any
   eval_fn: Callable
+  train_fn: Callable                           # jitted, donating; compiles on first call
+  example_shape: tuple[int, ...]               # one model input, after preprocessing
   preprocess: preprocess.Preprocess  # train_fn augments; eval_fn is what evaluation sees
 
   def initial_state(self) -> steps.TrainState:
@@ -43,6 +45,28 @@ class Experiment:
     with jax.set_mesh(self.mesh):
       return jax.jit(lambda rng: nn.unbox(self.init_fn(rng)),
                      out_shardings=self.state_sharding)(jax.random.key(self.config.seed))
+
+  def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global training batch's shapes, dtypes and sharding (for ahead-of-time compiles)."""
+    batch = self.config.batch_size
+    dtype = np.int32 if self.preprocess.vocab_size else np.float32
+    spec = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=self.batch_sharding)  # noqa: E731
+    return {'inputs': spec((batch, *self.example_shape), dtype),
+            'labels': spec((batch,), np.int32), 'mask': spec((batch,), np.bool_)}
+
+  def train_step_memory(self) -> dict[str, int]:
+    """Per-device bytes of the compiled train step (XLA's `memory_analysis()`)."""
+    batch = self.abstract_batch()
+    compiled = self.train_fn.lower(self.abstract_state, batch).compile()
+    analysis = compiled.memory_analysis()
+    batch_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(batch))
+    per_device_batch = batch_bytes // sharding.data_parallel_size(self.mesh)
+    return {
+        'arguments': analysis.argument_size_in_bytes,
+        'state': analysis.argument_size_in_bytes - per_device_batch,  # params + opt state
+        'outputs': analysis.output_size_in_bytes,
+        'temporaries': analysis.temp_size_in_bytes,
+    }
 
   def evaluate(self, state: steps.TrainState, split_name: str) -> dict[str, Any]:
     """Metrics over a whole split: padded last batch, every example counted once."""
@@ -75,10 +99,11 @@ def check_batch_sizes(config: ml_collections.ConfigDict, data_parallel: int) -> 
 
 
 def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
-          eval_split_names: list[str] | None = None, workdir: str | None = None) -> Experiment:
+          eval_split_names: list[str] | None = None, workdir: str | None = None,
+          devices=None) -> Experiment:
   """`workdir` holds a tokenizer trained by the preprocessing (reused on resume and eval)."""
   # ---- Mesh ----
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, devices)
   check_batch_sizes(config, sharding.data_parallel_size(mesh))
   batch_sharding = sharding.batch_sharding(mesh)
   logging.info('Mesh %s over %d devices (%s), %d process(es).', dict(mesh.shape), mesh.size,
@@ -126,7 +151,16 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
   eval_fn = jax.jit(functools.partial(steps.eval_step, num_classes=info.num_classes),
                     in_shardings=(state_sharding, batch_sharding),
                     out_shardings=sharding.replicated(mesh))
+  train_fn = jax.jit(
+      functools.partial(steps.train_step, seed=config.seed,
+                        grad_accum_steps=config.grad_accum_steps,
+                        skip_nonfinite=config.nan_policy == 'skip'),
+      in_shardings=(state_sharding, batch_sharding),
+      out_shardings=(state_sharding, sharding.replicated(mesh)),
+      donate_argnums=(0,))
   return Experiment(config=config, mesh=mesh, batch_sharding=batch_sharding, info=info,
                     train_split=train_split, eval_splits=eval_splits, model=model,
                     init_fn=init_fn, abstract_state=abstract_state,
-                    state_sharding=state_sharding, eval_fn=eval_fn, preprocess=pp)
+                    state_sharding=state_sharding, eval_fn=eval_fn, train_fn=train_fn,
+                    preprocess=pp,
+                    example_shape=tuple(example_inputs.shape[1:]))

@@ -7,7 +7,8 @@ import ml_collections
 
 _NON_SPLITS = {'train', 'steps', 'num_params', 'wall_time_s', 'compile_time_s',
                'train_examples_per_s', 'devices', 'processes', 'platform',
-               'resumed_from_step', 'best_checkpoint_step', 'train_step_compilations'}
+               'resumed_from_step', 'best_checkpoint_step', 'train_step_compilations',
+               'stopped_early_at_step', 'flops_per_example', 'mfu', 'peak_flops_per_device'}
 
 
 def results_table(results: dict[str, Any], config: ml_collections.ConfigDict) -> str:
@@ -29,5 +30,5 @@ def results_table(results: dict[str, Any], config: ml_collections.ConfigDict) ->
   lines.append('')
   lines.append(f"wall time {results['wall_time_s']:.1f} s (compile {results['compile_time_s']:.1f} s), "
                f"{results['train_examples_per_s']:,.0f} train examples/s on "
-               f"{results['devices']} {results['platform']} device(s)")
+               f"{results['devices']} {results['platform']} device(s), MFU {100 * results['mfu']:.2f}%")
   return '\n'.join(lines)

@@ -6,7 +6,6 @@ Notebooks call this function directly; `research.main` is only a command-line sh
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -22,7 +21,8 @@ from tqdm import tqdm
 from research import checkpoint as checkpoint_lib
 from research import config as config_lib
 from research import metrics as metrics_lib
-from research import distributed, experiment, preemption, sharding, steps, writers
+from research import distributed, experiment, hardware, preemption, sharding, steps, writers
+from research.models import flops
 from research.data import balance, pipeline
 
 
@@ -115,14 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       exp.train_split, config.batch_size, seed=config.seed, shuffle=config.dataset.shuffle,
       process_index=jax.process_index(), process_count=jax.process_count(),
       preprocess=exp.preprocess.train_fn, sampler=sampler))
-  # ---- The compiled train step ----
-  train_fn = jax.jit(
-      functools.partial(steps.train_step, seed=config.seed,
-                        grad_accum_steps=config.grad_accum_steps,
-                        skip_nonfinite=config.nan_policy == 'skip'),
-      in_shardings=(exp.state_sharding, exp.batch_sharding),
-      out_shardings=(exp.state_sharding, sharding.replicated(mesh)),
-      donate_argnums=(0,))
+  train_fn = exp.train_fn  # jitted with in/out shardings and donation; compiles at step 1
 
   # ---- Resume, or start fresh ----
   ckpt_cfg = config.checkpoint
@@ -146,7 +139,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_main_process:
     writers.write_config(workdir, config)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info('Model %s: %s parameters.', config.model.name, f'{num_params:,}')
+  flops_per_example = flops.model_flops_per_example(exp.model, exp.example_shape)
+  peak_flops, peak_source = hardware.peak_flops_per_device()
+  logging.info('Model %s: %s parameters, %.3g training FLOPs per example; peak %s.',
+               config.model.name, f'{num_params:,}', flops_per_example, peak_source)
+
+  def mfu(examples_per_s: float) -> float:
+    """Model FLOPs utilisation: model FLOPs per second over the mesh's peak."""
+    return flops_per_example * examples_per_s / (peak_flops * mesh.size) if peak_flops else 0.0
 
   # ---- Loop ----
   def run_evals(step: int) -> dict[str, dict[str, Any]]:
@@ -200,6 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         train_time_s += elapsed
         steady_examples += interval_examples
         last_train['examples_per_s'] = interval_examples / elapsed if interval_examples else 0.0
+        last_train['mfu'] = mfu(last_train['examples_per_s'])
         metrics_log.write(step, 'train', last_train)
         bar.set_postfix(loss=f"{last_train['loss']:.4f}",
                         ex_s=f"{last_train['examples_per_s']:,.0f}")
@@ -260,6 +261,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'compile_time_s': compile_time_s,
       'train_step_compilations': train_fn._cache_size(),
       'train_examples_per_s': steady_examples / train_time_s if train_time_s else 0.0,
+      'flops_per_example': flops_per_example,
+      'mfu': mfu(steady_examples / train_time_s if train_time_s else 0.0),
+      'peak_flops_per_device': peak_source,
       'devices': mesh.size,
       'processes': jax.process_count(),
       'platform': jax.devices()[0].platform,

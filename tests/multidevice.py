@@ -64,6 +64,9 @@ def run(spec: dict) -> dict:
 
 
 def main() -> None:
+  if sys.argv[1] == 'fsdp_memory':
+    fsdp_memory(sys.argv[2])
+    return
   spec_path, out_path = sys.argv[1:3]
   with open(spec_path) as f:
     specs = json.load(f)
@@ -71,6 +74,26 @@ def main() -> None:
   if jax.process_index() == 0:
     with open(out_path, 'w') as f:
       json.dump(outputs, f)
+
+
+
+
+def fsdp_memory(out_path: str) -> None:
+  """Per-device train-step memory of a Transformer: 1 device vs FSDP over all devices."""
+  from research import experiment, models
+  config = tiny_config('transformer')
+  config.model = models.model_config('transformer', num_layers=4, hidden_size=256,
+                                     num_heads=8, mlp_ratio=4.0)
+  config.batch_size = 64
+  config.eval_batch_size = 64
+  figures = {}
+  for name, devices, mesh in (('single', jax.devices()[:1], (1, 1)),
+                              ('fsdp', jax.devices(), (1, -1))):
+    config.mesh.data, config.mesh.fsdp = mesh
+    exp = experiment.build(config, eval_split_names=[], devices=devices)
+    figures[name] = exp.train_step_memory()
+  with open(out_path, 'w') as f:
+    json.dump(figures, f)
 
 
 if __name__ == '__main__':

@@ -150,3 +150,17 @@ def test_checkpoint_restores_onto_other_meshes(tmp_path):
                             'overrides': overrides}], devices, tmp_path, f'r{devices}')['r']['losses']
     assert len(losses) == 20  # steps 1-10 from the log kept on resume, 11-20 trained here
     np.testing.assert_allclose(losses[10:], full[10:], rtol=RTOL, err_msg=f'{devices} devices')
+
+
+def test_fsdp_shards_parameters_and_optimizer_state(tmp_path):
+  """Per-device params + Adam state under FSDP 8 <= 1/8 of one device's, + 10%."""
+  out = tmp_path / 'memory.json'
+  proc = subprocess.run([sys.executable, '-m', 'tests.multidevice', 'fsdp_memory', str(out)],
+                        cwd=REPO_ROOT, env=_env(8), capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  figures = json.loads(out.read_text())
+  single, fsdp = figures['single']['state'], figures['fsdp']['state']
+  print(f'train state per device: 1 device {single:,} bytes; FSDP 8 {fsdp:,} bytes '
+        f'({fsdp / single:.4f} of it; bound {1.1 / 8:.4f})')
+  assert single > 30_000_000  # ~3.2M params x (param + 2 Adam moments) x 4 bytes
+  assert fsdp <= single / 8 * 1.1

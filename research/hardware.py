@@ -1,0 +1,48 @@
+"""Peak FLOP/s per device, for MFU: a table of accelerators, or a measured CPU matmul peak."""
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+
+# Dense bf16 peaks per chip/GPU (vendor figures), matched against `device_kind`.
+KNOWN_PEAKS = (
+    ('H100', 989e12),
+    ('H200', 989e12),
+    ('A100', 312e12),
+    ('TPU v4', 275e12),
+    ('TPU v5 lite', 197e12),
+    ('TPU v5e', 197e12),
+    ('TPU v5p', 459e12),
+    ('TPU v5', 459e12),
+    ('TPU v6 lite', 918e12),
+)
+
+
+@functools.lru_cache(maxsize=None)
+def measured_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
+  """Best observed fp32 FLOP/s of an n^3 matmul on the default device (all its cores)."""
+  a = jnp.ones((n, n), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n**3 / best
+
+
+def peak_flops_per_device() -> tuple[float, str]:
+  """(FLOP/s, where the number comes from)."""
+  kind = jax.devices()[0].device_kind
+  for name, peak in KNOWN_PEAKS:
+    if name.lower() in kind.lower():
+      return peak, f'{kind}: {peak / 1e12:.0f} TFLOP/s bf16 dense (vendor)'
+  if jax.devices()[0].platform == 'cpu':
+    # Forced host devices (XLA_FLAGS) share the same cores: the measured peak is for all.
+    peak = measured_matmul_peak() / jax.local_device_count()
+    return peak, f'cpu: {peak / 1e9:.0f} GFLOP/s per device (measured fp32 matmul)'
+  return 0.0, f'{kind}: unknown peak (MFU not reported)'
