@@ -55,9 +55,10 @@ def run(spec: dict) -> dict:
   config = scaling_config(spec['model'], spec.get('steps', 20))
   apply_overrides(config, spec.get('overrides', {}))
   results = train.train_and_evaluate(config, spec['workdir'])
-  out = {'results': {k: v for k, v in results.items() if k != 'test'},
-         'test_examples': results['test']['num_examples'],
-         'test_confusion_total': sum(map(sum, results['test']['confusion_matrix']))}
+  out = {'results': {k: v for k, v in results.items() if k != 'test'}}
+  if 'test' in results:
+    out['test_examples'] = results['test']['num_examples']
+    out['test_confusion_total'] = sum(map(sum, results['test']['confusion_matrix']))
   if jax.process_index() == 0:
     out['losses'] = train_losses(spec['workdir'])
   return out

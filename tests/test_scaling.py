@@ -20,10 +20,12 @@ from tests import multidevice
 from tests.helpers import REPO_ROOT
 
 MODELS = ['mlp', 'cnn', 'transformer']
+# Equivalence runs compare training losses only: no evaluation (saves its compilation).
+NO_EVAL = {'dataset.eval_splits': ''}
 MESHES = {
-    'dp8': {'mesh.data': 8, 'mesh.fsdp': 1, 'mesh.tensor': 1},
-    'fsdp8': {'mesh.data': 1, 'mesh.fsdp': 8, 'mesh.tensor': 1},
-    'dp2_tp4': {'mesh.data': 2, 'mesh.fsdp': 1, 'mesh.tensor': 4},
+    'dp8': {'mesh.data': 8, 'mesh.fsdp': 1, 'mesh.tensor': 1, **NO_EVAL},
+    'fsdp8': {'mesh.data': 1, 'mesh.fsdp': 8, 'mesh.tensor': 1, **NO_EVAL},
+    'dp2_tp4': {'mesh.data': 2, 'mesh.fsdp': 1, 'mesh.tensor': 4, **NO_EVAL},
 }
 RTOL = 1e-5
 
@@ -59,7 +61,7 @@ def eight_device_runs(tmp_path_factory):
 
 @pytest.mark.parametrize('model', MODELS)
 def test_meshes_match_single_device(model, eight_device_runs, tmp_path):
-  reference = _single_device(model, str(tmp_path / 'one'))
+  reference = _single_device(model, str(tmp_path / 'one'), overrides=NO_EVAL)
   assert len(reference) == 20
   for mesh in MESHES:
     run = eight_device_runs[f'{model}/{mesh}']
@@ -83,7 +85,7 @@ def test_two_processes_match_one_process(eight_device_runs, tmp_path):
   try:
     for pid in range(2):
       spec = [{'name': 'mlp', 'model': 'mlp', 'workdir': workdir, 'overrides': {
-          **MESHES['dp8'], 'mesh.data': -1,
+          **MESHES['dp8'], 'mesh.data': -1, 'dataset.eval_splits': 'test',
           'distributed.coordinator_address': f'127.0.0.1:{port}',
           'distributed.num_processes': 2, 'distributed.process_id': pid,
           'distributed.initialization_timeout_s': 120,
@@ -142,7 +144,7 @@ def test_checkpoint_restores_onto_other_meshes(tmp_path):
   for devices in (1, 4):
     workdir = str(tmp_path / f'resume{devices}')
     shutil.copytree(half, workdir)
-    overrides = {'mesh.data': 1, 'mesh.fsdp': -1, 'mesh.tensor': 1}
+    overrides = {'mesh.data': 1, 'mesh.fsdp': -1, 'mesh.tensor': 1, **NO_EVAL}
     if devices == 1:
       losses = _single_device('mlp', workdir, 20, overrides)
     else:
