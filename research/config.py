@@ -68,6 +68,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 0.0  # adamw: decoupled; adam/sgd: added to the gradient (L2)
   c.optimizer.grad_clip_norm = 0.0  # 0: no clipping
 
+  # Start from another run's weights (fine-tuning); ignored when resuming this run.
+  c.init_from = ml_collections.ConfigDict()
+  c.init_from.workdir = ''      # the source run's workdir; '' = random initialisation
+  c.init_from.step = -1         # -1 = its latest checkpoint
+  c.init_from.load = '.*'       # regex over param paths, e.g. '^encoder/'
+  c.init_from.skip = ''         # regex of params to reinitialise, e.g. '^head/'
+
   # Stop when an eval metric stops improving; its best checkpoint is kept.
   c.early_stopping = ml_collections.ConfigDict()
   c.early_stopping.metric = ''  # 'SPLIT/METRIC', e.g. 'test/accuracy'; '' disables

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from research import checkpoint as checkpoint_lib
 from research import config as config_lib
 from research import metrics as metrics_lib
-from research import distributed, experiment, hardware, preemption, sharding, steps, writers
+from research import distributed, experiment, hardware, init_from, preemption, sharding, steps, writers
 from research.models import flops
 from research.data import balance, pipeline
 
@@ -136,6 +136,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         _truncate_metrics_log(metrics_log.path, start_step)
   if state is None:
     state = exp.initial_state()
+    if config.init_from.workdir:
+      state, _ = init_from.load_params(state, config.init_from, exp.state_sharding.params)
   if is_main_process:
     writers.write_config(workdir, config)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
