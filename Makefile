@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow table bench clean-venv
+.PHONY: demo test test-slow table bench bench-data clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test-slow: $(STAMP)
 
 table: $(STAMP)
 	$(PY) -m research.reproduce --workdir=runs/mnist1d_table --seeds=0,1,2
+
+bench: $(STAMP)
+	$(PY) -m research.bench --json=bench.json
+
+bench-data: $(STAMP)
+	$(PY) -m research.data.bench
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,8 +1,8 @@
 """Training throughput and MFU of each model family, next to the same model in PyTorch.
 
-    python -m research.bench                                  # mlp, cnn, transformer x small, medium
+    python -m research.bench                           # {mlp, cnn, transformer} x {small, medium}
     python -m research.bench --models=cnn --sizes=medium --json=bench.json
-    python -m research.bench --no-torch                       # jax only (torch is optional)
+    python -m research.bench --no-torch                # jax only (torch is optional)
     python -m research.bench --device=gpu --dtype=bfloat16 --models=transformer --sizes=bert_base
 
 What is timed is what `research.train` runs: `steps.train_step` with Adam from
@@ -11,18 +11,24 @@ fixed batch already on the device (the input pipeline is not timed). PyTorch run
 model (`research.bench_torch`: same shapes, same parameter count, asserted) with
 `torch.optim.Adam`, eagerly, in its own process, as a PyTorch user would run it. Repeats
 alternate jax, torch, jax, torch, ... so a noisy neighbour slows both, and `jax/torch` is the
-median of the per-repeat ratios: quote ratios, not seconds, on a shared machine.
+median of the per-repeat ratios: quote ratios, not seconds, on a shared machine. Even
+ratios move with load: PyTorch's OpenMP threads slow down far more than XLA's when other
+processes take the cores, so the machine line records the load average, and
+`taskset -c 1 python -m research.bench` (one core for both) gives load-robust ratios.
 
 MFU = model FLOPs per step / step time / peak, with FLOPs from
 `research.models.flops.model_flops_per_example` (DESIGN.md "MFU convention"). On CPU the peak
-is a 2048^3 fp32 matmul measured in the same run (best of its repeats); on accelerators the
-dense peak of the device and dtype (H100: 989 TFLOP/s bf16), or `--peak_tflops`.
+is a 2048^3 matmul in the run's dtype, measured before and after the cases (the best
+kept); on accelerators the dense peak of the device and dtype (H100: 989 TFLOP/s bf16),
+or `--peak_tflops`. `--set KEY=VALUE` overrides a model hyperparameter in every case, e.g.
+`--set conv_impl=xla` or `--set attention_impl=reference`.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import functools
+import importlib.util
 import json
 import math
 import os
@@ -70,6 +76,10 @@ def _case(family, size, model, input_shape, batch_size, why, num_classes=10) -> 
   return Case(family, size, model, input_shape, batch_size, num_classes, why)
 
 
+# Pinned, so the cases do not move when the model's defaults do. On an NVIDIA GPU in
+# bfloat16, `--set attention_impl=cudnn` asks for cuDNN's flash attention.
+_TRANSFORMER_COMMON = dict(position_embedding='learned', attention_impl='fused')
+
 CASES: dict[tuple[str, str], Case] = {(c.family, c.size): c for c in [
     _case('mlp', 'small', dict(hidden_sizes=(100, 100), residual=True), (40,), 100,
           'MNIST-1D paper MLP, recipe batch'),
@@ -79,18 +89,21 @@ CASES: dict[tuple[str, str], Case] = {(c.family, c.size): c for c in [
     _case('cnn', 'medium', dict(features=(32, 64, 128), kernel_sizes=(3, 3, 3),
                                 strides=(1, 2, 2), padding=1, pooling='flatten'),
           (28, 28, 1), 128, '28x28 images, 32/64/128 channels: conv-bound'),
-    # configs/mnist1d/transformer.py, as users run it (dropout 0.1).
-    _case('transformer', 'small', dict(frontend='features', num_layers=3, num_heads=4,
-                                       hidden_size=64, mlp_ratio=2.0, dropout_rate=0.1,
-                                       pooling='cls'),
-          (40,), 100, 'configs/mnist1d/transformer.py'),
+    # The model of configs/mnist1d/transformer.py (tests/test_bench.py keeps them equal).
+    _case('transformer', 'small', dict(frontend='features', num_layers=2, num_heads=8,
+                                       hidden_size=64, mlp_ratio=2.0, dropout_rate=0.0,
+                                       position_embedding='relative', pooling='mean',
+                                       attention_impl='fused'),
+          (40,), 100, 'configs/mnist1d/transformer.py, recipe batch'),
     _case('transformer', 'medium', dict(frontend='text', vocab_size=260, max_length=128,
                                         num_layers=4, num_heads=4, hidden_size=256,
-                                        mlp_ratio=4.0, dropout_rate=0.0, pooling='cls'),
+                                        mlp_ratio=4.0, dropout_rate=0.0, pooling='cls',
+                                        **_TRANSFORMER_COMMON),
           (128,), 32, 'byte-level text, 4 layers, d=256, seq 128: matmul-bound'),
     _case('transformer', 'bert_base', dict(frontend='text', vocab_size=30522, max_length=512,
                                            num_layers=12, num_heads=12, hidden_size=768,
-                                           mlp_ratio=4.0, dropout_rate=0.0, pooling='cls'),
+                                           mlp_ratio=4.0, dropout_rate=0.0, pooling='cls',
+                                           **_TRANSFORMER_COMMON),
           (512,), 32, 'BERT-base shapes, seq 512: for accelerators'),
 ]}
 FAMILIES = ('mlp', 'cnn', 'transformer')
@@ -176,11 +189,12 @@ class JaxRunner:
     return elapsed
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5, device=None) -> float:
-  """Best fp32 n^3 matmul rate through jax, in GFLOP/s."""
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, device=None,
+                       dtype: str = 'float32') -> float:
+  """Best n^3 matmul rate through jax, in GFLOP/s."""
   device = device or jax.devices()[0]
   a = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((n, n)),
-                                 jnp.float32), device)
+                                 jnp.dtype(dtype)), device)
   matmul = jax.jit(lambda x, y: x @ y)
   jax.block_until_ready(matmul(a, a))
   best = math.inf
@@ -233,9 +247,11 @@ class TorchWorker:
 
 def start_torch_worker(threads: int = 0) -> tuple[TorchWorker | None, str]:
   """(worker, '') or (None, why not)."""
-  try:
-    import torch  # noqa: F401  (only to fail fast and say why)
-  except ImportError:
+  try:  # not imported here: torch lives in the worker process
+    found = importlib.util.find_spec('torch') is not None
+  except (ImportError, ValueError):
+    found = False
+  if not found:
     return None, "torch is not installed (pip install -e '.[bench]')"
   try:
     return TorchWorker(threads), ''
@@ -257,13 +273,18 @@ def bench_case(case: Case, *, device: jax.Device, dtype: str, batch_size: int,
                torch_worker: TorchWorker | None, overrides: dict[str, Any] | None = None,
                log: Callable[[str], None] = print) -> dict[str, Any]:
   """Times `case` in jax (and torch), alternating repeats; returns one table row."""
-  model_cfg = model_block(case, dtype, overrides)
+  known = models.hyperparameters(case.family)
+  overrides = {k: v for k, v in (overrides or {}).items() if k in known}
+  if overrides:
+    case = dataclasses.replace(case, model={**case.model, **overrides})
+  model_cfg = model_block(case, dtype)
   batch = make_batch(case, batch_size)
   jax_runner = JaxRunner(case, model_cfg, batch, device)
   flops_per_example = flops.model_flops_per_example(jax_runner.model, case.input_shape)
   row: dict[str, Any] = {
       'model': case.family, 'size': case.size, 'params': int(jax_runner.num_params),
       'batch': batch_size, 'input_shape': list(case.input_shape), 'dtype': dtype,
+      'why': case.why,
       'hyperparameters': {k: v for k, v in model_cfg.to_dict().items() if k != 'name'},
       'compile_s': jax_runner.compile_s, 'flops_per_step': flops_per_example * batch_size,
   }
@@ -298,9 +319,10 @@ def bench_case(case: Case, *, device: jax.Device, dtype: str, batch_size: int,
       ratios.append(torch_times[-1] / jax_times[-1])
   step_s = statistics.median(jax_times)
   row.update({
-      'jax_step_s': step_s, 'jax_steps_per_s': 1 / step_s, 'jax_examples_per_s': batch_size / step_s,
+      'jax_step_s': step_s, 'jax_steps_per_s': 1 / step_s,
+      'jax_examples_per_s': batch_size / step_s,
       'jax_step_s_all': jax_times, 'steps_per_repeat': jax_steps,
-      'mfu': row['flops_per_step'] / step_s / peak_flops,
+      'mfu': row['flops_per_step'] / step_s / peak_flops if peak_flops else None,
   })
   if torch_worker is not None:
     torch_s = statistics.median(torch_times)
@@ -308,7 +330,8 @@ def bench_case(case: Case, *, device: jax.Device, dtype: str, batch_size: int,
                 'torch_step_s_all': torch_times, 'jax_over_torch': statistics.median(ratios),
                 'jax_over_torch_all': ratios})
   log(f"  {case.family}/{case.size}: jax {row['jax_examples_per_s']:,.0f} ex/s, "
-      f"compile {row['compile_s']:.1f} s, MFU {100 * row['mfu']:.1f}%"
+      f"compile {row['compile_s']:.1f} s"
+      + (f", MFU {100 * row['mfu']:.1f}%" if row['mfu'] is not None else '')
       + (f", torch {row['torch_examples_per_s']:,.0f} ex/s, jax/torch "
          f"{row['jax_over_torch']:.2f}" if 'jax_over_torch' in row else ''))
   return row
@@ -331,12 +354,13 @@ def _cpu_name() -> str:
 
 
 def machine_info(device: jax.Device, peak_flops: float, peak_source: str,
-                 torch_info: dict[str, Any] | None, torch_note: str) -> dict[str, Any]:
+                 torch_info: dict[str, Any] | None, torch_note: str,
+                 load_at_start: float | None = None) -> dict[str, Any]:
   import flax
   import jaxlib
   return {
       'device': device.device_kind, 'platform': device.platform,
-      'cpu': _cpu_name(), 'cores': os.cpu_count(),
+      'cpu': _cpu_name(), 'cores': _usable_cores(), 'machine_cores': os.cpu_count(),
       'peak_gflops': peak_flops / 1e9, 'peak_source': peak_source,
       'jax': jax.__version__, 'jaxlib': jaxlib.__version__, 'flax': flax.__version__,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
@@ -344,11 +368,35 @@ def machine_info(device: jax.Device, peak_flops: float, peak_source: str,
       'torch_matmul_gflops': (torch_info or {}).get('matmul_gflops'),
       'torch_note': torch_note,
       'python': platform.python_version(),
+      'load_average_start': load_at_start, 'load_average_end': _load_average(),
   }
 
 
-def _fmt(x: float | None, spec: str) -> str:
-  return '-' if x is None else format(x, spec)
+def _usable_cores() -> int:
+  """Cores this process may run on (fewer than the machine's under `taskset`)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def _load_average() -> float | None:
+  """1-minute load average (a sign of neighbours on a shared machine), if the OS has one."""
+  try:
+    return round(os.getloadavg()[0], 2)
+  except (AttributeError, OSError):
+    return None
+
+
+def _fmt(x: float | None, spec: str = '') -> str:
+  """`spec`, or three significant digits (no exponent) when no spec is given."""
+  if x is None:
+    return '-'
+  if spec:
+    return format(x, spec)
+  if x >= 100:
+    return f'{x:,.0f}'
+  return f'{x:.{max(0, 2 - math.floor(math.log10(abs(x))))}f}' if x else '0'
 
 
 def format_table(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
@@ -358,19 +406,24 @@ def format_table(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
   for r in rows:
     lines.append(
         f"| {r['model']} | {r['size']} | {r['params']:,} | {r['batch']} "
-        f"| {r['jax_steps_per_s']:,.1f} | {r['jax_examples_per_s']:,.0f} "
+        f"| {_fmt(r['jax_steps_per_s'])} | {_fmt(r['jax_examples_per_s'])} "
         f"| {r['compile_s']:.1f} | {100 * r['mfu']:.1f} "
-        f"| {_fmt(r.get('torch_examples_per_s'), ',.0f')} "
+        f"| {_fmt(r.get('torch_examples_per_s'))} "
         f"| {_fmt(r.get('jax_over_torch'), '.2f')} |")
   m = machine
-  torch_part = (f"torch {m['torch']} ({m['torch_threads']} threads, 2048³ matmul "
+  threads = f"{m['torch_threads']} thread{'' if m['torch_threads'] == 1 else 's'}"
+  torch_part = (f"torch {m['torch']} ({threads}, 2048³ matmul "
                 f"{m['torch_matmul_gflops']:,.0f} GFLOP/s)" if m['torch']
                 else f"torch: not run ({m['torch_note']})")
   peak = (f"peak {m['peak_gflops']:,.0f} GFLOP/s ({m['peak_source']})")
   lines.append('')
-  lines.append(f"Machine: {m['cores']} cores, {m['cpu']}; device {m['device']}; {peak}; "
+  cores = (f"{m['cores']} cores" if m['cores'] == m['machine_cores']
+           else f"{m['cores']} of {m['machine_cores']} cores")
+  lines.append(f"Machine: {cores}, {m['cpu']}; device {m['device']}; {peak}; "
                f"jax {m['jax']}, flax {m['flax']}; {torch_part}"
-               + (f"; XLA_FLAGS={m['xla_flags']}" if m['xla_flags'] else ''))
+               + (f"; XLA_FLAGS={m['xla_flags']}" if m['xla_flags'] else '')
+               + (f"; load average {m['load_average_start']} -> {m['load_average_end']}"
+                  if m['load_average_end'] is not None else ''))
   return '\n'.join(lines)
 
 
@@ -381,7 +434,8 @@ def _csv(value: str) -> list[str]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog='python -m research.bench', description=__doc__.split('\n')[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--models', default=','.join(FAMILIES), help='comma-separated: mlp,cnn,transformer')
+  p.add_argument('--models', default=','.join(FAMILIES),
+                 help='comma-separated: mlp,cnn,transformer')
   p.add_argument('--sizes', default=','.join(DEFAULT_SIZES),
                  help='comma-separated: small,medium,bert_base (sizes a model lacks are skipped)')
   p.add_argument('--json', default='', help='write the machine line and rows here')
@@ -432,7 +486,9 @@ def _peak(device: jax.Device, dtype: str, args) -> tuple[float, str]:
   if args.peak_tflops:
     return args.peak_tflops * 1e12, 'given by --peak_tflops'
   if device.platform == 'cpu':
-    return matmul_peak_gflops(device=device) * 1e9, 'measured: jax fp32 2048³ matmul, best of 5'
+    short = {'float32': 'fp32', 'bfloat16': 'bf16'}[dtype]
+    return (matmul_peak_gflops(device=device, dtype=dtype) * 1e9,
+            f'measured: jax {short} 2048³ matmul, best of 5')
   for (kind, dt), tflops in ACCELERATOR_PEAK_TFLOPS.items():
     if kind.lower() in device.device_kind.lower() and dt == dtype:
       return tflops * 1e12, f'{kind} {dt} dense spec'
@@ -443,6 +499,7 @@ def run(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) -
   """Runs the benchmark; returns {'machine': ..., 'rows': [...], 'table': markdown}."""
   args = parse_args(argv)
   overrides = _parse_overrides(args.overrides)
+  load_at_start = _load_average()
   try:
     device = jax.devices(args.device)[0]
   except RuntimeError as e:
@@ -451,6 +508,9 @@ def run(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) -
   if not cases:
     raise SystemExit(f'No case for models {args.models} x sizes {args.sizes}; known: '
                      f'{sorted(CASES)}.')
+  for key in overrides:  # each applies to the models that have it; none at all is a typo
+    if not any(key in models.hyperparameters(m) for m in args.models):
+      raise SystemExit(f'--set {key}=...: no hyperparameter {key!r} in models {args.models}.')
 
   worker, torch_note = None, 'disabled by --no-torch'
   if args.torch and device.platform != 'cpu':
@@ -469,10 +529,17 @@ def run(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) -
                              repeats=args.repeats, steps=args.steps, target_s=args.target_s,
                              peak_flops=peak_flops, torch_worker=worker,
                              overrides=overrides, log=log))
+    if 'measured' in peak_source:
+      # Measured again after the cases, and the best kept: a neighbour's burst during
+      # the first measurement would otherwise inflate every MFU.
+      peak_flops = max(peak_flops, _peak(device, args.dtype, args)[0])
+      peak_source += ', at start and end'
+      for row in rows:
+        row['mfu'] = row['flops_per_step'] / row['jax_step_s'] / peak_flops
   finally:
     if worker is not None:
       worker.close()
-  machine = machine_info(device, peak_flops, peak_source, torch_info, torch_note)
+  machine = machine_info(device, peak_flops, peak_source, torch_info, torch_note, load_at_start)
   table = format_table(rows, machine)
   result = {'machine': machine, 'rows': rows, 'table': table, 'argv': list(argv or sys.argv[1:])}
   if args.json:

@@ -85,14 +85,28 @@ class CNN(nn.Module):
     return self.head(h)
 
 
+def relative_offsets(length: int, max_distance: int) -> torch.Tensor:
+  """`idx[i, j]` = clip(j - i, +-max_distance) + max_distance, as the flax model."""
+  pos = torch.arange(length)
+  return (pos[None, :] - pos[:, None]).clamp(-max_distance, max_distance) + max_distance
+
+
 class EncoderBlock(nn.Module):
-  """Pre-LN block: x + attention(LN(x)), then x + MLP(LN(x)), as the flax EncoderBlock."""
+  """Pre-LN block: x + attention(LN(x)), then x + MLP(LN(x)), as the flax EncoderBlock.
+
+  With `relative_distance > 0`, a learned per-head bias for each offset j - i is added to
+  the attention logits; the first `num_prefix_tokens` (a class token) get none.
+  """
 
   def __init__(self, dim: int, num_heads: int, mlp_dim: int, dropout_rate: float,
-               attention_dropout_rate: float):
+               attention_dropout_rate: float, relative_distance: int = 0,
+               num_prefix_tokens: int = 0):
     super().__init__()
     self.num_heads = num_heads
     self.attention_dropout_rate = attention_dropout_rate
+    self.relative_distance, self.num_prefix_tokens = relative_distance, num_prefix_tokens
+    if relative_distance > 0:
+      self.relative_bias = nn.Parameter(torch.zeros(2 * relative_distance + 1, num_heads))
     self.ln_attention = nn.LayerNorm(dim, eps=1e-6)
     self.query, self.key, self.value = (nn.Linear(dim, dim) for _ in range(3))
     self.out = nn.Linear(dim, dim)
@@ -101,11 +115,22 @@ class EncoderBlock(nn.Module):
     self.mlp_out = nn.Linear(mlp_dim, dim)
     self.dropout = nn.Dropout(dropout_rate)
 
+  def attention_bias(self, length: int) -> torch.Tensor:
+    """`bias_HxLxL` for `length` tokens, the prefix included (zeros there)."""
+    prefix = self.num_prefix_tokens
+    table = self.relative_bias[relative_offsets(length - prefix, self.relative_distance)]
+    return F.pad(table.permute(2, 0, 1), (prefix, 0, prefix, 0))
+
   def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     b, n, d = x.shape
     h = self.ln_attention(x)
     q, k, v = (proj(h).view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
                for proj in (self.query, self.key, self.value))
+    if self.relative_distance > 0:  # an additive float mask: the bias, -big where masked
+      bias = self.attention_bias(n)[None].to(q.dtype)
+      if mask is not None:
+        bias = bias.masked_fill(~mask, torch.finfo(q.dtype).min / 2)
+      mask = bias
     att = F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=self.attention_dropout_rate if self.training else 0.0)
     x = x + self.dropout(self.out(att.transpose(1, 2).reshape(b, n, d)))
@@ -122,6 +147,8 @@ class TransformerEncoder(nn.Module):
                pooling: str, max_length: int, vocab_size: int, pad_id: int, patch_size: int,
                **unused):
     super().__init__()
+    if position_embedding not in ('learned', 'sinusoidal', 'relative', 'none'):
+      raise ValueError(f'No PyTorch twin for position_embedding={position_embedding!r}.')
     d = hidden_size
     self.frontend, self.head_kind, self.pooling = frontend, head, pooling
     self.pad_id, self.patch_size = pad_id, patch_size
@@ -152,8 +179,12 @@ class TransformerEncoder(nn.Module):
       self.cls_token = nn.Parameter(0.02 * torch.randn(d))
     self.dropout = nn.Dropout(dropout_rate)
     mlp_dim = int(round(d * mlp_ratio))
+    relative_distance = 0
+    if position_embedding == 'relative':
+      relative_distance = (max_length if frontend == 'text' else num_tokens) - 1
     self.blocks = nn.ModuleList(
-        EncoderBlock(d, num_heads, mlp_dim, dropout_rate, attention_dropout_rate)
+        EncoderBlock(d, num_heads, mlp_dim, dropout_rate, attention_dropout_rate,
+                     relative_distance, int(self.uses_class_token))
         for _ in range(num_layers))
     self.ln_final = nn.LayerNorm(d, eps=1e-6)
     self.head = nn.Linear(d, vocab_size if head == 'masked_lm' else num_classes)
@@ -288,6 +319,8 @@ def load_flax_params(family: str, twin: nn.Module, params: dict[str, Any]) -> No
       else:
         p = params[f'block_{i}']
       layer_norm(block.ln_attention, p['ln_attention'])
+      if block.relative_distance > 0:
+        put(block.relative_bias, p['attention']['relative_bias'])
       for name in ('query', 'key', 'value'):
         dense(getattr(block, name), p['attention'][name])
       dense(block.out, p['attention']['out'])

@@ -29,6 +29,8 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ('length', None),
     ('classes', None),
     ('conv_window', None),
+    ('conv_window_1', None),
+    ('conv_window_2', None),
     ('conv_in', 'fsdp'),
     ('conv_out', 'tensor'),
 )

@@ -49,13 +49,19 @@ def test_unknown_model_or_size_is_rejected():
 def test_dtype_needs_a_model_with_a_dtype_field():
   with pytest.raises(ValueError, match='only the transformer'):
     bench.model_block(bench.CASES[('mlp', 'small')], 'bfloat16')
-  assert bench.model_block(bench.CASES[('transformer', 'bert_base')], 'bfloat16').dtype == 'bfloat16'
+  bert = bench.model_block(bench.CASES[('transformer', 'bert_base')], 'bfloat16')
+  assert bert.dtype == 'bfloat16'
 
 
 def _flax_params(case: bench.Case, batch: dict) -> tuple[nn.Module, dict]:
   model = models.build_model(bench.model_block(case), case.num_classes)
-  params = nn.unbox(model.init(jax.random.key(0), batch['inputs'][:1]))['params']
-  return model, jax.device_get(params)
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), batch['inputs'][:1]))['params']
+  # Perturbed: biases and relative-position tables start at zero, which would hide a
+  # twin that reads them wrongly.
+  leaves, treedef = jax.tree.flatten(jax.device_get(params))
+  rng = np.random.default_rng(1)
+  leaves = [x + 0.05 * rng.standard_normal(x.shape).astype(x.dtype) for x in leaves]
+  return model, jax.tree.unflatten(treedef, leaves)
 
 
 @pytest.mark.parametrize('key', sorted(bench.CASES))
@@ -82,7 +88,10 @@ VARIANTS = [
     ('transformer', 'small', {}),
     ('transformer', 'small', {'pooling': 'mean', 'position_embedding': 'sinusoidal'}),
     ('transformer', 'small', {'head': 'masked_lm', 'scan_layers': True}),
-    ('transformer', 'medium', {'num_layers': 1}),
+    ('transformer', 'small', {'position_embedding': 'relative', 'pooling': 'cls'}),
+    ('transformer', 'medium', {'position_embedding': 'relative', 'num_layers': 1,
+                               'hidden_size': 32, 'num_heads': 2}),  # text: padding mask
+    ('transformer', 'medium', {'num_layers': 1, 'hidden_size': 32, 'num_heads': 2}),  # text
 ]
 
 
@@ -94,7 +103,7 @@ def test_torch_twins_compute_the_flax_function(family, size, overrides):
   case = bench.Case(case.family, case.size, {**case.model, **overrides}, case.input_shape, 4)
   batch = bench.make_batch(case, 4)
   model, params = _flax_params(case, batch)
-  expected = np.asarray(model.apply({'params': params}, batch['inputs']))
+  expected = np.asarray(jax.jit(model.apply)({'params': params}, batch['inputs']))
 
   twin = bench_torch.build(family, bench.model_block(case).to_dict(), case.input_shape,
                            case.num_classes)
@@ -118,3 +127,66 @@ def test_torch_worker_times_steps_and_checks_param_counts():
     worker.close()
   assert row['torch_examples_per_s'] > 0 and row['jax_over_torch'] > 0
   assert len(row['jax_over_torch_all']) == 2
+
+
+def test_set_overrides_only_models_that_have_the_key():
+  with pytest.raises(SystemExit, match='no hyperparameter'):
+    bench.run(['--models=mlp', '--set', 'conv_impl=xla', '--no-torch'], log=lambda _: None)
+  assert bench._parse_overrides(['hidden_sizes=[8,8]', 'residual=False', 'activation=gelu']) == {
+      'hidden_sizes': (8, 8), 'residual': False, 'activation': 'gelu'}
+
+
+@pytest.mark.parametrize('key', sorted(bench.CASES))
+def test_every_case_gets_the_trainers_shardings(key):
+  """The trainer's logical-axis rules accept every benchmarked model (shapes only, no compile)."""
+  from research import sharding
+  case = bench.CASES[key]
+  model = models.build_model(bench.model_block(case), case.num_classes)
+  example = bench.make_batch(case, 1)['inputs']
+  mesh = sharding.make_mesh(bench.ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1}),
+                            devices=jax.devices()[:1])
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), example))
+  shardings = sharding.tree_shardings(abstract['params'], mesh)
+  assert len(jax.tree.leaves(shardings)) == len(jax.tree.leaves(nn.unbox(abstract['params'])))
+
+
+@pytest.mark.parametrize('shape,overrides', [
+    ((40,), {}),                                                   # the MNIST-1D paper CNN
+    ((28, 28, 1), dict(bench.CASES[('cnn', 'medium')].model)),     # 2D, strides 1 and 2
+    ((37, 3), dict(features=(8, 8), kernel_sizes=(4, 5), strides=(3, 1), padding=2,
+                   pooling='mean')),
+])
+def test_cnn_im2col_is_the_xla_convolution(shape, overrides):
+  """conv_impl='im2col' (the CPU default) has nn.Conv's params and computes its function."""
+  if 'conv_impl' not in models.hyperparameters('cnn'):
+    pytest.skip('this CNN has no conv_impl field')
+  x = np.random.default_rng(0).standard_normal((3,) + shape).astype(np.float32)
+  results = {}
+  for impl in ('xla', 'im2col'):
+    model = models.build_model(models.model_config('cnn', conv_impl=impl, **overrides), 10)
+    params = nn.unbox(model.init(jax.random.key(0), x))['params']
+    loss = lambda p: (model.apply({'params': p}, x) ** 2).sum()
+    results[impl] = (params, model.apply({'params': params}, x), jax.grad(loss)(params))
+  (p_xla, y_xla, g_xla), (p_im2col, y_im2col, g_im2col) = results['xla'], results['im2col']
+  jax.tree.map(np.testing.assert_array_equal, p_xla, p_im2col)  # same init, same tree
+  np.testing.assert_allclose(y_im2col, y_xla, rtol=1e-5, atol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), g_im2col, g_xla)
+
+
+def test_without_torch_the_table_is_jax_only(monkeypatch):
+  monkeypatch.setattr(bench.importlib.util, 'find_spec', lambda name: None)
+  result = bench.run(['--models=mlp', '--sizes=small', '--repeats=1', '--steps=2'],
+                     log=lambda _: None)
+  assert 'torch: not run (torch is not installed' in result['table']
+  assert result['rows'][0]['jax_examples_per_s'] > 0
+  assert '| - | - |' in result['table']
+
+
+def test_small_cases_are_the_mnist1d_configs(repo_root):
+  """The 'small' rows benchmark the models users train from configs/mnist1d/."""
+  import runpy
+  for family in ('mlp', 'cnn', 'transformer'):
+    config = runpy.run_path(f'{repo_root}/configs/mnist1d/{family}.py')['get_config']()
+    case = bench.CASES[(family, 'small')]
+    assert dict(bench.model_block(case)) == dict(config.model), family
+    assert case.batch_size == config.batch_size and case.input_shape == (40,)

@@ -5,9 +5,12 @@ Logical names (`embed`, `mlp`, `conv_window`, `classes`, ...) are mapped onto me
 """
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 default_kernel_init = nn.initializers.lecun_normal()
 default_bias_init = nn.initializers.zeros_init()
@@ -25,20 +28,65 @@ def dense(features: int, in_axis: str, out_axis: str, name: str | None = None,
   )
 
 
+CONV_IMPLS = ('auto', 'xla', 'im2col')
+
+
+class Im2colConv(nn.Module):
+  """`nn.Conv`'s maths and parameters, computed as patch extraction plus one matmul.
+
+  Same `kernel` (window..., in, out) and `bias` as `nn.Conv`, so a checkpoint serves both.
+  XLA's CPU convolutions are slow to train (their kernel gradients first transpose the
+  activations batch-last); as slices plus one matmul, a training step of a 3-conv CNN on
+  28x28 images runs 1.2-1.5x faster on CPU (`python -m research.bench --models=cnn
+  --set conv_impl=xla`, then `=im2col`). On GPU/TPU the library convolutions win.
+  `padding` is explicit: one (low, high) pair per spatial dimension.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int]
+  padding: Sequence[tuple[int, int]]
+  dtype: Any = None
+  kernel_init: Any = default_kernel_init
+  bias_init: Any = default_bias_init
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    window = tuple(self.kernel_size)
+    kernel = self.param('kernel', self.kernel_init, window + (x.shape[-1], self.features))
+    bias = self.param('bias', self.bias_init, (self.features,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    x = jnp.pad(x, [(0, 0), *[tuple(p) for p in self.padding], (0, 0)])
+    out_sizes = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], window, self.strides)]
+    # One strided slice per window offset, concatenated window-major, channel-minor: the
+    # order of kernel.reshape(-1, features).
+    pieces = [x[(slice(None),) + tuple(slice(o, o + s * (n - 1) + 1, s) for o, s, n
+                                       in zip(offset, self.strides, out_sizes))]
+              for offset in itertools.product(*(range(k) for k in window))]
+    patches = jnp.concatenate(pieces, axis=-1)
+    return patches @ kernel.reshape(-1, self.features) + bias
+
+
 def conv(features: int, kernel_size: Sequence[int], strides: Sequence[int], padding,
-         name: str | None = None, dtype=None) -> nn.Conv:
-  window_axes = ('conv_window',) * len(kernel_size)
-  return nn.Conv(
-      features,
-      kernel_size=tuple(kernel_size),
-      strides=tuple(strides),
-      padding=padding,
-      dtype=dtype,
+         name: str | None = None, dtype=None, impl: str = 'xla') -> nn.Module:
+  """A convolution: `nn.Conv` ('xla'), `Im2colConv` ('im2col'), or 'auto' (im2col on CPU)."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f'Unknown conv impl {impl!r}; accepted: {list(CONV_IMPLS)}.')
+  if impl == 'auto':
+    impl = 'im2col' if jax.default_backend() == 'cpu' else 'xla'
+  # One name per window dimension: flax rejects a logical name repeated within an array.
+  window_axes = ('conv_window',) + tuple(f'conv_window_{i}' for i in range(1, len(kernel_size)))
+  kwargs = dict(
+      kernel_size=tuple(kernel_size), strides=tuple(strides), padding=padding, dtype=dtype,
       kernel_init=nn.with_logical_partitioning(
           default_kernel_init, window_axes + ('conv_in', 'conv_out')),
       bias_init=nn.with_logical_partitioning(default_bias_init, ('conv_out',)),
-      name=name,
-  )
+      name=name)
+  if impl == 'im2col':
+    if isinstance(padding, str):
+      raise ValueError(f"conv impl 'im2col' needs explicit (low, high) padding pairs, got "
+                       f'{padding!r}.')
+    return Im2colConv(features, **kwargs)
+  return nn.Conv(features, **kwargs)
 
 
 def activation(name: str):
