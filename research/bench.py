@@ -163,7 +163,7 @@ class JaxRunner:
     abstract_state = jax.eval_shape(init_fn, jax.random.key(seed))
     state_sharding = sharding.tree_shardings(abstract_state, self.mesh)
     batch_sharding = sharding.batch_sharding(self.mesh)
-    with jax.set_mesh(self.mesh):
+    with sharding.activate(self.mesh):
       self.state = jax.jit(lambda rng: nn.unbox(init_fn(rng)),
                            out_shardings=state_sharding)(jax.random.key(seed))
       self.batch = jax.device_put(batch, batch_sharding)

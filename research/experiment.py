@@ -42,7 +42,7 @@ class Experiment:
 
   def initial_state(self) -> steps.TrainState:
     """A fresh state, each shard created on its own device (no full copy anywhere)."""
-    with jax.set_mesh(self.mesh):
+    with sharding.activate(self.mesh):
       return jax.jit(lambda rng: nn.unbox(self.init_fn(rng)),
                      out_shardings=self.state_sharding)(jax.random.key(self.config.seed))
 
@@ -57,7 +57,8 @@ class Experiment:
   def train_step_memory(self) -> dict[str, int]:
     """Per-device bytes of the compiled train step (XLA's `memory_analysis()`)."""
     batch = self.abstract_batch()
-    compiled = self.train_fn.lower(self.abstract_state, batch).compile()
+    with sharding.activate(self.mesh):
+      compiled = self.train_fn.lower(self.abstract_state, batch).compile()
     analysis = compiled.memory_analysis()
     batch_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(batch))
     per_device_batch = batch_bytes // sharding.data_parallel_size(self.mesh)
@@ -71,7 +72,7 @@ class Experiment:
   def evaluate(self, state: steps.TrainState, split_name: str) -> dict[str, Any]:
     """Metrics over a whole split: padded last batch, every example counted once."""
     totals = None
-    with jax.set_mesh(self.mesh):
+    with sharding.activate(self.mesh):
       for local_batch in pipeline.eval_dataset(
           self.eval_splits[split_name], self.config.eval_batch_size,
           process_index=jax.process_index(), process_count=jax.process_count(),

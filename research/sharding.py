@@ -7,6 +7,7 @@ over 'tensor'. A dimension that a mesh axis does not divide stays replicated on 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -32,6 +33,9 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ('conv_window_1', None),
     ('conv_window_2', None),
     ('conv_in', 'fsdp'),
+    ('layers', None),    # scan_layers' stacked axis
+    ('patch', None),     # ViT patch pixels
+    ('relative', None),  # relative-position bias offsets
     ('conv_out', 'tensor'),
 )
 
@@ -92,6 +96,14 @@ def tree_shardings(abstract_boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
     return NamedSharding(mesh, P())
   return jax.tree.map(leaf_sharding, abstract_boxed_tree,
                       is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+  """The mesh and the logical-axis rules, for tracing steps: without the rules the
+  models' activation constraints (`nn.with_logical_constraint`) would do nothing."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -178,7 +178,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   wall_start = time.perf_counter()
   bar = tqdm(total=config.num_train_steps, initial=start_step, desc='train', unit='step',
              dynamic_ncols=True, disable=not (config.progress_bar and is_main_process))
-  with jax.set_mesh(mesh), preemption.PreemptionWatcher() as watcher:
+  with sharding.activate(mesh), preemption.PreemptionWatcher() as watcher:
     for step in range(start_step + 1, config.num_train_steps + 1):
       batch = sharding.global_batch(next(train_iter), exp.batch_sharding)
       if step == start_step + 1:

@@ -2,6 +2,7 @@
 
   python -m research.main --config=configs/mnist_subset/vit.py --workdir=runs/mnist_subset_vit
 
+Expected (seed 0): test accuracy 94.9%, 2.5 minutes on a 2-core CPU shared with other jobs.
 7x7 patches of the 28x28x1 images give 16 tokens plus a class token: small enough to
 train on a laptop CPU in minutes. For full MNIST (`--config.dataset.name=mnist`, same
 shapes) use patch_size=4 and more steps.

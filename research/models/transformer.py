@@ -6,14 +6,18 @@ Front ends (`frontend`) turn an input batch into tokens `x_BxNxD`:
 - 'image' (ViT): non-overlapping `patch_size` patches of `x_BxHxWxC`, flattened, `Dense`.
 - 'text': token ids `x_BxL` (int, or float from the default pipeline), pad id `pad_id`
   masked out of attention and pooling.
+Positions (`position_embedding`): 'learned' or 'sinusoidal' tables added to the tokens;
+'relative', a learned per-head attention bias for each offset j - i (T5-style, one table
+per layer), which makes attention translation-equivariant; 'none'.
 Heads (`head`): 'classify' pools (`pooling='cls'` prepends a learned class token,
 'mean' averages the unpadded tokens) and returns `logits_BxK`; 'masked_lm' returns
 per-token vocabulary logits `logits_BxNxV` (for masked-token pretraining).
 
 Precision: parameters are float32; matmuls run in `dtype` ('float32' or 'bfloat16');
 softmax and LayerNorm statistics are always float32; logits come back float32.
-`attention_impl='fused'` calls `jax.nn.dot_product_attention` (cuDNN flash attention on GPU
-where it applies, XLA elsewhere); 'reference' is the plain einsum path the tests compare it
+`attention_impl='fused'` calls `jax.nn.dot_product_attention` (its XLA implementation, which
+the compiler fuses on every platform); 'cudnn' asks that function for cuDNN's flash-attention
+kernel (NVIDIA GPUs, bfloat16); 'reference' is the plain einsum path the tests compare them
 with, and the only one with attention dropout.
 """
 from __future__ import annotations
@@ -30,8 +34,8 @@ from research.models import layers
 FRONTENDS = ('features', 'image', 'text')
 HEADS = ('classify', 'masked_lm')
 POOLINGS = ('cls', 'mean')
-POSITION_EMBEDDINGS = ('learned', 'sinusoidal', 'none')
-ATTENTION_IMPLS = ('fused', 'reference')
+POSITION_EMBEDDINGS = ('learned', 'sinusoidal', 'relative', 'none')
+ATTENTION_IMPLS = ('fused', 'cudnn', 'reference')
 DTYPES = ('float32', 'bfloat16')
 REMAT_POLICIES = ('nothing_saveable', 'dots_saveable', 'dots_with_no_batch_dims_saveable',
                   'everything_saveable')
@@ -49,13 +53,40 @@ def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
       name=name)
 
 
-def _heads_projection(num_heads: int, head_dim: int, dtype: Any, name: str) -> nn.DenseGeneral:
-  return nn.DenseGeneral(
-      (num_heads, head_dim), axis=-1, dtype=dtype,
-      kernel_init=nn.with_logical_partitioning(layers.default_kernel_init,
-                                               ('embed', 'heads', 'kv')),
-      bias_init=nn.with_logical_partitioning(layers.default_bias_init, ('heads', 'kv')),
-      name=name)
+class HeadsProjection(nn.Module):
+  """`x_BxLxD -> y_BxLxHxDh` (or back, with `to_heads=False`), kernels named per axis.
+
+  Written out rather than `nn.DenseGeneral`: DenseGeneral initialises a flattened 2-D
+  kernel and reshapes it, which breaks 3-D logical axis names under a mesh.
+  """
+  num_heads: int
+  head_dim: int
+  to_heads: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    if self.to_heads:
+      dim = x.shape[-1]
+      init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+      kernel = self.param('kernel',
+                          nn.with_logical_partitioning(init, ('embed', 'heads', 'kv')),
+                          (dim, self.num_heads, self.head_dim), jnp.float32)
+      bias = self.param('bias', nn.with_logical_partitioning(layers.default_bias_init,
+                                                             ('heads', 'kv')),
+                        (self.num_heads, self.head_dim), jnp.float32)
+      y = jnp.einsum('bld,dhk->blhk', x.astype(self.dtype), kernel.astype(self.dtype))
+    else:
+      dim = self.num_heads * self.head_dim  # the output projection keeps the width
+      init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+      kernel = self.param('kernel',
+                          nn.with_logical_partitioning(init, ('heads', 'kv', 'embed')),
+                          (self.num_heads, self.head_dim, dim), jnp.float32)
+      bias = self.param('bias', nn.with_logical_partitioning(layers.default_bias_init,
+                                                             ('embed',)),
+                        (dim,), jnp.float32)
+      y = jnp.einsum('blhk,hkd->bld', x.astype(self.dtype), kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
 
 
 def sinusoidal_positions(length: int, dim: int) -> jnp.ndarray:
@@ -70,12 +101,14 @@ def sinusoidal_positions(length: int, dim: int) -> jnp.ndarray:
 
 def reference_attention(q_BxLxHxDh: jnp.ndarray, k_BxLxHxDh: jnp.ndarray,
                         v_BxLxHxDh: jnp.ndarray, mask_BxL: jnp.ndarray | None,
-                        dropout: Callable[[jnp.ndarray], jnp.ndarray] | None = None
-                        ) -> jnp.ndarray:
+                        dropout: Callable[[jnp.ndarray], jnp.ndarray] | None = None,
+                        bias_HxLxL: jnp.ndarray | None = None) -> jnp.ndarray:
   """Softmax attention with einsums; float32 logits and softmax whatever the input dtype."""
   scale = 1.0 / math.sqrt(q_BxLxHxDh.shape[-1])
   logits_BxHxLxL = jnp.einsum('blhd,bmhd->bhlm', q_BxLxHxDh, k_BxLxHxDh,
                               preferred_element_type=jnp.float32) * scale
+  if bias_HxLxL is not None:
+    logits_BxHxLxL = logits_BxHxLxL + bias_HxLxL.astype(jnp.float32)[None]
   if mask_BxL is not None:
     # A large finite negative (not -inf): an all-padding row gives uniform weights, not NaN.
     big_negative = jnp.finfo(jnp.float32).min / 2
@@ -86,42 +119,67 @@ def reference_attention(q_BxLxHxDh: jnp.ndarray, k_BxLxHxDh: jnp.ndarray,
   return jnp.einsum('bhlm,bmhd->blhd', att_BxHxLxL.astype(v_BxLxHxDh.dtype), v_BxLxHxDh)
 
 
+def relative_offsets(length: int, max_distance: int) -> jnp.ndarray:
+  """`idx_LxL[i, j]` = clip(j - i, +-max_distance) + max_distance: a row of the bias table."""
+  pos_L = jnp.arange(length)
+  return jnp.clip(pos_L[None, :] - pos_L[:, None], -max_distance, max_distance) + max_distance
+
+
 class SelfAttention(nn.Module):
-  """Multi-head self-attention over `x_BxLxD`; `mask_BxL` marks the keys that may be seen."""
+  """Multi-head self-attention over `x_BxLxD`; `mask_BxL` marks the keys that may be seen.
+
+  With `relative_distance > 0`, a learned per-head bias indexed by the offset j - i (clipped
+  to +-relative_distance) is added to the attention logits, as in T5 (without buckets);
+  the first `num_prefix_tokens` (a class token) get no bias.
+  """
   num_heads: int
   dtype: Any = jnp.float32
   attention_impl: str = 'fused'
   dropout_rate: float = 0.0
   deterministic: bool = True
+  relative_distance: int = 0
+  num_prefix_tokens: int = 0
+
+  def relative_bias(self, length: int) -> jnp.ndarray:
+    """`bias_HxLxL` for a sequence of `length` tokens, the prefix included."""
+    table_RxH = self.param(
+        'relative_bias', nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                      ('relative', 'heads')),
+        (2 * self.relative_distance + 1, self.num_heads), jnp.float32)
+    prefix = self.num_prefix_tokens
+    bias_LxLxH = table_RxH[relative_offsets(length - prefix, self.relative_distance)]
+    bias_HxLxL = bias_LxLxH.transpose(2, 0, 1)
+    return jnp.pad(bias_HxLxL, ((0, 0), (prefix, 0), (prefix, 0)))
 
   @nn.compact
   def __call__(self, x_BxLxD: jnp.ndarray, mask_BxL: jnp.ndarray | None) -> jnp.ndarray:
     dim = x_BxLxD.shape[-1]
     head_dim = dim // self.num_heads
-    q_BxLxHxDh = _heads_projection(self.num_heads, head_dim, self.dtype, 'query')(x_BxLxD)
-    k_BxLxHxDh = _heads_projection(self.num_heads, head_dim, self.dtype, 'key')(x_BxLxD)
-    v_BxLxHxDh = _heads_projection(self.num_heads, head_dim, self.dtype, 'value')(x_BxLxD)
+    def project(name: str) -> jnp.ndarray:
+      return HeadsProjection(self.num_heads, head_dim, dtype=self.dtype, name=name)(x_BxLxD)
+    q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh = project('query'), project('key'), project('value')
     qkv_axes = ('batch', 'length', 'heads', 'kv')
     q_BxLxHxDh = nn.with_logical_constraint(q_BxLxHxDh, qkv_axes)
     k_BxLxHxDh = nn.with_logical_constraint(k_BxLxHxDh, qkv_axes)
     v_BxLxHxDh = nn.with_logical_constraint(v_BxLxHxDh, qkv_axes)
-    if self.attention_impl == 'fused':
+    bias_HxLxL = None
+    if self.relative_distance > 0:
+      bias_HxLxL = self.relative_bias(x_BxLxD.shape[1])
+    if self.attention_impl in ('fused', 'cudnn'):
       mask_Bx1x1xL = None if mask_BxL is None else mask_BxL[:, None, None, :]
-      out_BxLxHxDh = jax.nn.dot_product_attention(q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh,
-                                                  mask=mask_Bx1x1xL)
+      bias_1xHxLxL = None if bias_HxLxL is None else bias_HxLxL[None].astype(q_BxLxHxDh.dtype)
+      out_BxLxHxDh = jax.nn.dot_product_attention(
+          q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, bias=bias_1xHxLxL, mask=mask_Bx1x1xL,
+          implementation='cudnn' if self.attention_impl == 'cudnn' else None)
     else:
       dropout = None
       if self.dropout_rate > 0:
         dropout = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)
       out_BxLxHxDh = reference_attention(q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, mask_BxL,
-                                         dropout)
+                                         dropout, bias_HxLxL)
     out_BxLxHxDh = nn.with_logical_constraint(out_BxLxHxDh, qkv_axes)
-    return nn.DenseGeneral(
-        dim, axis=(-2, -1), dtype=self.dtype,
-        kernel_init=nn.with_logical_partitioning(layers.default_kernel_init,
-                                                 ('heads', 'kv', 'embed')),
-        bias_init=nn.with_logical_partitioning(layers.default_bias_init, ('embed',)),
-        name='out')(out_BxLxHxDh)
+    return HeadsProjection(self.num_heads, head_dim, to_heads=False, dtype=self.dtype,
+                           name='out')(out_BxLxHxDh)
 
 
 class EncoderBlock(nn.Module):
@@ -133,6 +191,8 @@ class EncoderBlock(nn.Module):
   attention_impl: str = 'fused'
   dtype: Any = jnp.float32
   deterministic: bool = True
+  relative_distance: int = 0
+  num_prefix_tokens: int = 0
   scanned: bool = False
 
   @nn.compact
@@ -141,12 +201,14 @@ class EncoderBlock(nn.Module):
     h_BxLxD = _layer_norm(self.dtype, 'ln_attention')(x_BxLxD)
     h_BxLxD = SelfAttention(self.num_heads, self.dtype, self.attention_impl,
                             self.attention_dropout_rate, self.deterministic,
+                            self.relative_distance, self.num_prefix_tokens,
                             name='attention')(h_BxLxD, mask_BxL)
     h_BxLxD = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)(h_BxLxD)
     x_BxLxD = nn.with_logical_constraint(x_BxLxD + h_BxLxD, ACTIVATION_AXES)
 
     h_BxLxD = _layer_norm(self.dtype, 'ln_mlp')(x_BxLxD)
-    h_BxLxF = layers.dense(self.mlp_dim, 'embed', 'mlp', name='mlp_in', dtype=self.dtype)(h_BxLxD)
+    h_BxLxF = layers.dense(self.mlp_dim, 'embed', 'mlp', name='mlp_in',
+                           dtype=self.dtype)(h_BxLxD)
     h_BxLxF = nn.with_logical_constraint(nn.gelu(h_BxLxF), ('batch', 'length', 'mlp'))
     h_BxLxF = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)(h_BxLxF)
     h_BxLxD = layers.dense(dim, 'mlp', 'embed', name='mlp_out', dtype=self.dtype)(h_BxLxF)
@@ -158,8 +220,9 @@ class EncoderBlock(nn.Module):
 class TransformerEncoder(nn.Module):
   """Pre-LN Transformer encoder; see the module docstring for front ends and heads.
 
-  `max_length` sizes the learned position table of the 'text' front end (inputs may be
-  shorter); 'features' and 'image' size it from the input they are initialised with.
+  `max_length` sizes the learned position and relative-bias tables of the 'text' front end
+  (inputs may be shorter); 'features' and 'image' size them from the input they are
+  initialised with.
   `scan_layers` compiles one block and loops it (params stacked on a leading 'layers'
   axis, under 'blocks'); otherwise blocks are 'block_0', 'block_1', ... `remat`
   recomputes each block's activations in the backward pass, keeping what
@@ -209,6 +272,11 @@ class TransformerEncoder(nn.Module):
     if self.position_embedding == 'sinusoidal' and self.hidden_size % 2:
       raise ValueError(f"position_embedding='sinusoidal' needs an even hidden_size, got "
                        f'{self.hidden_size}.')
+    if self.attention_impl == 'cudnn' and (jax.default_backend() != 'gpu'
+                                           or self.dtype == 'float32'):
+      raise ValueError(f"attention_impl='cudnn' needs an NVIDIA GPU and dtype='bfloat16' "
+                       f'(here: {jax.default_backend()}, dtype={self.dtype!r}); use '
+                       f"attention_impl='fused' elsewhere.")
     if self.attention_dropout_rate > 0 and self.attention_impl != 'reference':
       raise ValueError(f'attention_dropout_rate={self.attention_dropout_rate} needs '
                        f"attention_impl='reference' (the fused kernel has no dropout); or set "
@@ -258,21 +326,27 @@ class TransformerEncoder(nn.Module):
         name='token_embed')(tokens_BxN)
     return x_BxNxD, mask_BxN
 
+  def _position_rows(self, num_tokens: int) -> int:
+    """Positions a table covers: text up to max_length; otherwise the input's tokens."""
+    return self.max_length if self.frontend == 'text' else num_tokens
+
   def _add_positions(self, x_BxNxD: jnp.ndarray) -> jnp.ndarray:
     n, dim = x_BxNxD.shape[1:]
-    if self.position_embedding == 'none':
+    if self.position_embedding in ('none', 'relative'):  # 'relative' acts in attention
       return x_BxNxD
     if self.position_embedding == 'sinusoidal':
       pos_NxD = sinusoidal_positions(n, dim)
     else:
-      rows = self.max_length if self.frontend == 'text' else n
       pos_NxD = self.param('pos_embed',
                            nn.with_logical_partitioning(_EMBED_INIT, ('length', 'embed')),
-                           (rows, dim), jnp.float32)[:n]
+                           (self._position_rows(n), dim), jnp.float32)[:n]
     return x_BxNxD + pos_NxD.astype(x_BxNxD.dtype)[None]
 
   def _encode(self, x_BxLxD: jnp.ndarray, mask_BxL: jnp.ndarray | None,
-              deterministic: bool, dtype: Any) -> jnp.ndarray:
+              deterministic: bool, dtype: Any, num_tokens: int) -> jnp.ndarray:
+    relative_distance = 0
+    if self.position_embedding == 'relative':
+      relative_distance = self._position_rows(num_tokens) - 1
     block_cls = EncoderBlock
     if self.remat:
       # Under scan, CSE across iterations cannot undo the remat, so prevent_cse can go.
@@ -283,7 +357,8 @@ class TransformerEncoder(nn.Module):
                   dropout_rate=self.dropout_rate,
                   attention_dropout_rate=self.attention_dropout_rate,
                   attention_impl=self.attention_impl, dtype=dtype,
-                  deterministic=deterministic)
+                  deterministic=deterministic, relative_distance=relative_distance,
+                  num_prefix_tokens=int(self.uses_class_token))
     if self.scan_layers:
       blocks = nn.scan(block_cls, variable_axes={'params': 0},
                        split_rngs={'params': True, 'dropout': True},
@@ -311,19 +386,21 @@ class TransformerEncoder(nn.Module):
       x_BxNxD, mask_BxN = self._embed_image(x, dtype)
     else:
       x_BxNxD, mask_BxN = self._embed_text(x, dtype, mask_BxL)
+    num_tokens = x_BxNxD.shape[1]  # before the class token
     x_BxNxD = self._add_positions(x_BxNxD)
 
     if self.uses_class_token:
       cls_D = self.param('cls_token', nn.with_logical_partitioning(_EMBED_INIT, ('embed',)),
                          (self.hidden_size,), jnp.float32)
-      cls_Bx1xD = jnp.broadcast_to(cls_D.astype(dtype), (x_BxNxD.shape[0], 1, self.hidden_size))
+      cls_Bx1xD = jnp.broadcast_to(cls_D.astype(dtype),
+                                   (x_BxNxD.shape[0], 1, self.hidden_size))
       x_BxNxD = jnp.concatenate([cls_Bx1xD, x_BxNxD], axis=1)
       if mask_BxN is not None:
         mask_BxN = jnp.concatenate([jnp.ones_like(mask_BxN[:, :1]), mask_BxN], axis=1)
     x_BxNxD = nn.Dropout(self.dropout_rate, deterministic=deterministic)(x_BxNxD)
     x_BxNxD = nn.with_logical_constraint(x_BxNxD.astype(dtype), ACTIVATION_AXES)
 
-    x_BxNxD = self._encode(x_BxNxD, mask_BxN, deterministic, dtype)
+    x_BxNxD = self._encode(x_BxNxD, mask_BxN, deterministic, dtype, num_tokens)
 
     if self.head == 'masked_lm':
       logits_BxNxV = layers.dense(self.vocab_size, 'embed', 'vocab', name='mlm_head',
