@@ -51,6 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
   # lists them). '' -> uint8 / 255, floats as float32. Random ops act in training only.
   c.dataset.preprocess = ''
   c.dataset.balance_classes = False  # oversample rare classes: every class equally often
+  c.dataset.prefetch_threads = 0  # >0: build batches in background threads (heavy augmentation)
 
   c.model = models.model_config('cnn')
 

@@ -114,7 +114,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_iter = iter(pipeline.train_dataset(
       exp.train_split, config.batch_size, seed=config.seed, shuffle=config.dataset.shuffle,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      preprocess=exp.preprocess.train_fn, sampler=sampler))
+      preprocess=exp.preprocess.train_fn, sampler=sampler,
+      prefetch_threads=config.dataset.prefetch_threads))
   train_fn = exp.train_fn  # jitted with in/out shardings and donation; compiles at step 1
 
   # ---- Resume, or start fresh ----

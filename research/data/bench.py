@@ -44,7 +44,8 @@ def bench_dataset(name: str, batch_size: int, repeats: int) -> dict:
   info = sources.dataset_info(builder, config.dataset)
   split = sources.load_split(builder, info, 'train')
 
-  it = iter(pipeline.train_dataset(split, batch_size, seed=0))
+  it = iter(pipeline.train_dataset(split, batch_size, seed=0,
+                                   prefetch_threads=config.dataset.prefetch_threads))
   next(it)
   pipeline_rate = _median_rate(lambda n: [next(it) for _ in range(n)], batch_size, 200, repeats)
 
