@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
+# runs/demo is the demo's scratch dir: start it fresh (any other workdir resumes instead).
 demo: $(STAMP)
+	rm -rf runs/demo
 	$(PY) -m research.main --config=configs/mnist1d/cnn.py --workdir=runs/demo
 
 test: $(STAMP)
