@@ -158,8 +158,6 @@ def test_every_case_gets_the_trainers_shardings(key):
 ])
 def test_cnn_im2col_is_the_xla_convolution(shape, overrides):
   """conv_impl='im2col' (the CPU default) has nn.Conv's params and computes its function."""
-  if 'conv_impl' not in models.hyperparameters('cnn'):
-    pytest.skip('this CNN has no conv_impl field')
   x = np.random.default_rng(0).standard_normal((3,) + shape).astype(np.float32)
   results = {}
   for impl in ('xla', 'im2col'):
