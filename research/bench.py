@@ -42,12 +42,11 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from research import config as config_lib
-from research import models, optim, sharding, steps
+from research import hardware, models, optim, sharding, steps
 from research.models import flops
 
 # ---------------------------------------------------------------------------------------
@@ -108,14 +107,6 @@ CASES: dict[tuple[str, str], Case] = {(c.family, c.size): c for c in [
 ]}
 FAMILIES = ('mlp', 'cnn', 'transformer')
 DEFAULT_SIZES = ('small', 'medium')
-
-# Dense peak TFLOP/s by (substring of jax's device_kind, dtype), for accelerator MFU.
-ACCELERATOR_PEAK_TFLOPS = {
-    ('H100', 'bfloat16'): 989.0, ('H200', 'bfloat16'): 989.0, ('A100', 'bfloat16'): 312.0,
-    ('TPU v4', 'bfloat16'): 275.0, ('TPU v5 lite', 'bfloat16'): 197.0,
-    ('TPU v5e', 'bfloat16'): 197.0, ('TPU v5p', 'bfloat16'): 459.0,
-}
-
 
 def make_batch(case: Case, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
   """A fixed random batch: float inputs, or token ids in [1, vocab) (no padding)."""
@@ -187,22 +178,6 @@ class JaxRunner:
     elapsed = time.perf_counter() - start
     self.state = state
     return elapsed
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5, device=None,
-                       dtype: str = 'float32') -> float:
-  """Best n^3 matmul rate through jax, in GFLOP/s."""
-  device = device or jax.devices()[0]
-  a = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal((n, n)),
-                                 jnp.dtype(dtype)), device)
-  matmul = jax.jit(lambda x, y: x @ y)
-  jax.block_until_ready(matmul(a, a))
-  best = math.inf
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(matmul(a, a))
-    best = min(best, time.perf_counter() - start)
-  return 2 * n ** 3 / best / 1e9
 
 
 # ---------------------------------------------------------------------------------------
@@ -487,11 +462,11 @@ def _peak(device: jax.Device, dtype: str, args) -> tuple[float, str]:
     return args.peak_tflops * 1e12, 'given by --peak_tflops'
   if device.platform == 'cpu':
     short = {'float32': 'fp32', 'bfloat16': 'bf16'}[dtype]
-    return (matmul_peak_gflops(device=device, dtype=dtype) * 1e9,
+    return (hardware.measured_matmul_peak(2048, 5, device, dtype),
             f'measured: jax {short} 2048³ matmul, best of 5')
-  for (kind, dt), tflops in ACCELERATOR_PEAK_TFLOPS.items():
-    if kind.lower() in device.device_kind.lower() and dt == dtype:
-      return tflops * 1e12, f'{kind} {dt} dense spec'
+  known = hardware.accelerator_peak(device.device_kind, dtype)
+  if known:
+    return known[0], f'{known[1]} {dtype} dense spec'
   raise SystemExit(f'No peak known for {device.device_kind!r} in {dtype}; pass --peak_tflops.')
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
@@ -49,6 +50,16 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True),  # half-written saves of a killed process
         item_names=('state', 'data'))
+
+  @classmethod
+  def for_run(cls, workdir: str, config: ml_collections.ConfigDict) -> 'Checkpointer':
+    """Configured from a run's config. Early stopping's metric ranks the checkpoints
+    (so its best one is kept) unless checkpoint.best_metric names another."""
+    ckpt, early = config.checkpoint, config.early_stopping
+    return cls(workdir, keep=ckpt.keep,
+               best_metric=ckpt.best_metric or early.metric,
+               best_mode=ckpt.best_mode if ckpt.best_metric else early.mode,
+               async_save=ckpt.async_save)
 
   def save(self, step: int, state, data_iterator, metrics: dict[str, float] | None = None) -> None:
     if step in self._manager.all_steps():

@@ -122,7 +122,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.checkpoint.every_steps < 0:
     raise ValueError(f'config.checkpoint.every_steps must be >= 0, got '
                      f'{config.checkpoint.every_steps}.')
-  split_keys = [('train_eval' if s == 'train' else s) for s in eval_splits(config)]
+  split_keys = [results_key(s) for s in eval_splits(config)]
   for key in ('checkpoint.best_metric', 'early_stopping.metric'):
     block, field = key.split('.')
     value = config[block][field]
@@ -152,6 +152,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   preprocess.parse_spec(config.dataset.preprocess)  # unknown ops fail here, listing valid ones
   # Unknown model names and hyperparameters are reported by models.build_model.
   models.hyperparameters(config.model.name)
+
+
+def results_key(split: str) -> str:
+  """'train' names the training loop's metrics, so evaluating that split reports 'train_eval'."""
+  return 'train_eval' if split == 'train' else split
 
 
 def eval_splits(config: ml_collections.ConfigDict) -> list[str]:

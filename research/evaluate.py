@@ -15,6 +15,7 @@ import ml_collections
 from absl import app, flags, logging
 
 from research import checkpoint as checkpoint_lib
+from research import config as config_lib
 from research import experiment, writers
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by research.main.')
@@ -34,14 +35,11 @@ def evaluate_run(workdir: str, checkpoint: str = 'latest', split: str = 'test') 
   """Metrics of `split` at a saved checkpoint; also written to WORKDIR/eval/<split>-<step>.json."""
   config = load_run_config(workdir)
   config.checkpoint.async_save = False
-  best_metric = config.checkpoint.best_metric or config.early_stopping.metric
-  best_mode = config.checkpoint.best_mode if config.checkpoint.best_metric else config.early_stopping.mode
-  checkpointer = checkpoint_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
-                                             best_metric=best_metric, best_mode=best_mode)
+  checkpointer = checkpoint_lib.Checkpointer.for_run(workdir, config)
   if checkpoint == 'latest':
     step = checkpointer.latest_step()
   elif checkpoint == 'best':
-    if not best_metric:
+    if not checkpointer.best_metric:
       raise ValueError('--checkpoint=best needs a run with checkpoint.best_metric or '
                        'early_stopping.metric set; this run has neither.')
     step = checkpointer.best_step()
@@ -57,7 +55,7 @@ def evaluate_run(workdir: str, checkpoint: str = 'latest', split: str = 'test') 
   state = checkpointer.restore_state(exp.abstract_state, step)
   checkpointer.close()
   result = {'step': step, 'checkpoint': checkpoint, 'split': split,
-            **exp.evaluate(state, experiment.results_key(split))}
+            **exp.evaluate(state, config_lib.results_key(split))}
   out_dir = writers.prepare_workdir(os.path.join(workdir, 'eval'))
   writers.write_json_atomic(os.path.join(out_dir, f'{split}-{step}.json'), result)
   return result

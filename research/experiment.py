@@ -82,11 +82,6 @@ class Experiment:
     return metrics_lib.summarize(totals)
 
 
-def results_key(split: str) -> str:
-  """'train' names the training loop's metrics, so evaluating that split reports 'train_eval'."""
-  return 'train_eval' if split == 'train' else split
-
-
 def check_batch_sizes(config: ml_collections.ConfigDict, data_parallel: int) -> None:
   micro = config.batch_size // config.grad_accum_steps
   if micro % data_parallel:
@@ -119,7 +114,7 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
   train_split = (sources.load_split(builder, info, config.dataset.train_split)
                  if load_train_split or preprocess.needs_train_split(spec) else None)
   names = config_lib.eval_splits(config) if eval_split_names is None else eval_split_names
-  eval_splits = {results_key(name): sources.load_split(builder, info, name) for name in names}
+  eval_splits = {config_lib.results_key(name): sources.load_split(builder, info, name) for name in names}
   pp = preprocess.build_preprocess(
       spec, train_split, seed=config.seed, num_classes=info.num_classes,
       process_index=jax.process_index(), process_count=jax.process_count(), cache_dir=workdir)

@@ -21,10 +21,20 @@ KNOWN_PEAKS = (
 )
 
 
-@functools.lru_cache(maxsize=None)
-def measured_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
-  """Best observed fp32 FLOP/s of an n^3 matmul on the default device (all its cores)."""
-  a = jnp.ones((n, n), jnp.float32)
+def accelerator_peak(device_kind: str, dtype: str = 'bfloat16') -> tuple[float, str] | None:
+  """(dense FLOP/s, name) from the vendor table, or None (unknown device, or not bf16)."""
+  if dtype != 'bfloat16':
+    return None
+  for name, peak in KNOWN_PEAKS:
+    if name.lower() in device_kind.lower():
+      return peak, name
+  return None
+
+
+def measured_matmul_peak(n: int = 1024, repeats: int = 5, device=None,
+                         dtype: str = 'float32') -> float:
+  """Best observed FLOP/s of an n^3 matmul on `device` (default: the first; all its cores)."""
+  a = jax.device_put(jnp.ones((n, n), jnp.dtype(dtype)), device or jax.devices()[0])
   matmul = jax.jit(lambda x: x @ x)
   matmul(a).block_until_ready()
   best = float('inf')
@@ -35,12 +45,13 @@ def measured_matmul_peak(n: int = 1024, repeats: int = 5) -> float:
   return 2 * n**3 / best
 
 
+@functools.lru_cache(maxsize=None)  # measured once per process, not once per run
 def peak_flops_per_device() -> tuple[float, str]:
   """(FLOP/s, where the number comes from)."""
   kind = jax.devices()[0].device_kind
-  for name, peak in KNOWN_PEAKS:
-    if name.lower() in kind.lower():
-      return peak, f'{kind}: {peak / 1e12:.0f} TFLOP/s bf16 dense (vendor)'
+  known = accelerator_peak(kind)
+  if known:
+    return known[0], f'{kind}: {known[0] / 1e12:.0f} TFLOP/s bf16 dense (vendor)'
   if jax.devices()[0].platform == 'cpu':
     # Forced host devices (XLA_FLAGS) share the same cores: the measured peak is for all.
     peak = measured_matmul_peak() / jax.local_device_count()

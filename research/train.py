@@ -21,7 +21,7 @@ from tqdm import tqdm
 from research import checkpoint as checkpoint_lib
 from research import config as config_lib
 from research import metrics as metrics_lib
-from research import distributed, experiment, hardware, init_from, preemption, sharding, steps, writers
+from research import distributed, experiment, hardware, init_from, preemption, sharding, writers
 from research.models import flops
 from research.data import balance, pipeline
 
@@ -121,12 +121,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # ---- Resume, or start fresh ----
   ckpt_cfg = config.checkpoint
   early = config.early_stopping
-  # Early stopping keeps the best checkpoint by its metric unless another one is configured.
-  best_metric = ckpt_cfg.best_metric or early.metric
-  best_mode = ckpt_cfg.best_mode if ckpt_cfg.best_metric else early.mode
-  checkpointer = checkpoint_lib.Checkpointer(
-      workdir, keep=ckpt_cfg.keep, best_metric=best_metric, best_mode=best_mode,
-      async_save=ckpt_cfg.async_save)
+  checkpointer = checkpoint_lib.Checkpointer.for_run(workdir, config)
   state, start_step = None, 0
   if ckpt_cfg.resume:
     state, restored_step = checkpointer.restore(exp.abstract_state, train_iter)
@@ -223,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       periodic = ckpt_cfg.every_steps and step % ckpt_cfg.every_steps == 0
       # With a best-metric policy every evaluation is saved, so "best" is a real checkpoint.
       if (is_last or stop or periodic or stopped_early_at or
-          (evaluated and best_metric)):
+          (evaluated and checkpointer.best_metric)):
         train_metrics.flush(check_finite)  # never save a state that went non-finite
         checkpointer.save(step, state, train_iter,
                           flat_eval_metrics(eval_results) if evaluated else None)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from research.data import balance
+from research.data.builders import labelled_images
 
 NUM_CLASSES = 10
 SPLIT_SEED = 0
@@ -43,9 +43,9 @@ def reference_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 def split_indices(labels: np.ndarray) -> dict[str, np.ndarray]:
-  train_idx, test_idx = balance.stratified_split(labels, TEST_FRACTION, seed=SPLIT_SEED,
-                                                 num_classes=NUM_CLASSES)
-  return {'train': train_idx, 'test': test_idx}
+  return labelled_images.stratified_split(
+      labels, test_fraction=TEST_FRACTION, seed=SPLIT_SEED, num_classes=NUM_CLASSES,
+      expected_sizes=SPLIT_SIZES, dataset='sklearn_digits')
 
 
 class SklearnDigits(tfds.core.GeneratorBasedBuilder):
@@ -69,14 +69,8 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing is downloaded
     images, labels = reference_arrays()
-    splits = split_indices(labels)
-    for name, idx in splits.items():
-      if len(idx) != SPLIT_SIZES[name]:
-        raise ValueError(f'sklearn_digits split {name!r} has {len(idx)} examples, '
-                         f'documented {SPLIT_SIZES[name]}.')
     return {name: self._generate_examples(images[idx], labels[idx])
-            for name, idx in splits.items()}
+            for name, idx in split_indices(labels).items()}
 
   def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
-    for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {'image': image, 'label': int(label)}
+    return labelled_images.examples(images, labels)
