@@ -48,10 +48,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.input_key = ''      # '' -> the dataset's supervised_keys
   c.dataset.label_key = ''
   # Preprocessing ops, e.g. 'random_crop(pad=2)|flip|standardize' (research/data/preprocess.py
-  # lists them). '' -> uint8 / 255, floats as float32. Random ops act in training only.
+  # lists them). '' -> floats as float32; uint8 images stay uint8 and the step scales them
+  # to [0, 1] on the device. Random ops act in training only.
   c.dataset.preprocess = ''
   c.dataset.balance_classes = False  # oversample rare classes: every class equally often
   c.dataset.prefetch_threads = 0  # >0: build batches in background threads (heavy augmentation)
+  c.dataset.batches_per_chunk = 0  # training batches gathered per read; 0: auto (~4 MB, <=16)
 
   c.model = models.model_config('cnn')
 
@@ -119,9 +121,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f'config.grad_accum_steps={config.grad_accum_steps}.')
   if config.nan_policy not in NAN_POLICIES:
     raise ValueError(f'Unknown nan_policy {config.nan_policy!r}; available: {list(NAN_POLICIES)}.')
-  if config.checkpoint.every_steps < 0:
-    raise ValueError(f'config.checkpoint.every_steps must be >= 0, got '
-                     f'{config.checkpoint.every_steps}.')
+  for key in ('checkpoint.every_steps', 'dataset.prefetch_threads', 'dataset.batches_per_chunk'):
+    block, field = key.split('.')
+    if config[block][field] < 0:
+      raise ValueError(f'config.{key} must be >= 0, got {config[block][field]}.')
   split_keys = [results_key(s) for s in eval_splits(config)]
   for key in ('checkpoint.best_metric', 'early_stopping.metric'):
     block, field = key.split('.')

@@ -38,6 +38,7 @@ class Experiment:
   eval_fn: Callable
   train_fn: Callable                           # jitted, donating; compiles on first call
   example_shape: tuple[int, ...]               # one model input, after preprocessing
+  example_dtype: np.dtype                      # as the pipeline ships it (uint8 images stay uint8)
   preprocess: preprocess.Preprocess  # train_fn augments; eval_fn is what evaluation sees
 
   def initial_state(self) -> steps.TrainState:
@@ -49,9 +50,8 @@ class Experiment:
   def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
     """The global training batch's shapes, dtypes and sharding (for ahead-of-time compiles)."""
     batch = self.config.batch_size
-    dtype = np.int32 if self.preprocess.vocab_size else np.float32
     spec = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=self.batch_sharding)  # noqa: E731
-    return {'inputs': spec((batch, *self.example_shape), dtype),
+    return {'inputs': spec((batch, *self.example_shape), self.example_dtype),
             'labels': spec((batch,), np.int32), 'mask': spec((batch,), np.bool_)}
 
   def train_step_memory(self) -> dict[str, int]:
@@ -159,4 +159,5 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
                     init_fn=init_fn, abstract_state=abstract_state,
                     state_sharding=state_sharding, eval_fn=eval_fn, train_fn=train_fn,
                     preprocess=pp,
-                    example_shape=tuple(example_inputs.shape[1:]))
+                    example_shape=tuple(example_inputs.shape[1:]),
+                    example_dtype=example_inputs.dtype)

@@ -115,7 +115,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       exp.train_split, config.batch_size, seed=config.seed, shuffle=config.dataset.shuffle,
       process_index=jax.process_index(), process_count=jax.process_count(),
       preprocess=exp.preprocess.train_fn, sampler=sampler,
-      prefetch_threads=config.dataset.prefetch_threads))
+      prefetch_threads=config.dataset.prefetch_threads,
+      batches_per_chunk=config.dataset.batches_per_chunk))
   train_fn = exp.train_fn  # jitted with in/out shardings and donation; compiles at step 1
 
   # ---- Resume, or start fresh ----

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from research.data import pipeline
+from research.data import preprocess as preprocess_lib
 from research.data.sources import SplitArrays
 
 
@@ -11,18 +12,55 @@ def _split(n=1000):
   return SplitArrays(inputs=inputs, labels=(np.arange(n) % 10).astype(np.int32))
 
 
-def test_restored_iterator_yields_the_batches_that_would_have_come_next():
+def _assert_same_batches(want, got):
+  assert len(want) == len(got)
+  for w, g in zip(want, got):
+    assert w.keys() == g.keys()
+    for key in w:
+      np.testing.assert_array_equal(w[key], g[key])
+
+
+@pytest.mark.parametrize('batches_per_chunk', [0, 1, 4])
+@pytest.mark.parametrize('stop_after', [16, 17])
+def test_restored_iterator_yields_the_batches_that_would_have_come_next(batches_per_chunk,
+                                                                       stop_after):
   split = _split()
-  it = iter(pipeline.train_dataset(split, 64, seed=3))
-  for _ in range(17):  # stop mid-epoch (15 batches per epoch)...
+  make = lambda: iter(pipeline.train_dataset(split, 64, seed=3,  # noqa: E731
+                                             batches_per_chunk=batches_per_chunk))
+  it = make()
+  for _ in range(stop_after):  # stop mid-epoch (15 batches per epoch), on or inside a chunk...
     next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(10)]  # ...crossing into the next epoch
-  fresh = iter(pipeline.train_dataset(split, 64, seed=3))  # a rebuilt pipeline
+  fresh = make()  # a rebuilt pipeline
   fresh.set_state(state)
-  for want, got in zip(expected, (next(fresh) for _ in range(10))):
-    for key in want:
-      np.testing.assert_array_equal(want[key], got[key])
+  _assert_same_batches(expected, [next(fresh) for _ in range(10)])
+
+
+def test_batches_do_not_depend_on_the_chunk_size():
+  """Chunking is a speed knob: the same batches, augmentation and process slices."""
+  images = SplitArrays(
+      inputs=np.random.default_rng(0).integers(0, 256, (300, 6, 6, 1)).astype(np.uint8),
+      labels=(np.arange(300) % 10).astype(np.int32))
+  augment = preprocess_lib.make_preprocess('random_crop(pad=1)|flip', seed=5)
+  for process_index in range(2):
+    streams = []
+    for batches_per_chunk in (1, 3, 16):
+      it = iter(pipeline.train_dataset(images, 32, seed=1, preprocess=augment,
+                                       process_index=process_index, process_count=2,
+                                       batches_per_chunk=batches_per_chunk))
+      streams.append([next(it) for _ in range(40)])  # 4+ epochs of 9 batches
+    _assert_same_batches(streams[0], streams[1])
+    _assert_same_batches(streams[0], streams[2])
+  assert streams[0][0]['inputs'].dtype == np.uint8
+
+
+def test_chunk_size_is_automatic_and_bounded():
+  assert pipeline.auto_batches_per_chunk(_split(), 64) == 16  # 768-byte batches: the cap
+  big = SplitArrays(np.zeros((4, 512, 512, 3), np.uint8), np.zeros(4, np.int32))
+  assert pipeline.auto_batches_per_chunk(big, 64) == 1  # 48 MB batches: one at a time
+  with pytest.raises(ValueError, match='batches_per_chunk=-1'):
+    pipeline.train_dataset(_split(), 64, seed=0, batches_per_chunk=-1)
 
 
 def test_shuffling_differs_per_epoch_and_follows_the_seed():

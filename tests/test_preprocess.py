@@ -4,9 +4,11 @@ from __future__ import annotations
 import os
 import pickle
 
+import jax
 import numpy as np
 import pytest
 
+from research import steps
 from research.data import balance, pipeline, preprocess, tokenizers
 from research.data.sources import SplitArrays
 
@@ -66,13 +68,25 @@ def test_describe_lists_every_op():
 
 # ---- Deterministic ops ----
 
-def test_empty_spec_matches_the_pipeline_default():
-  for split in (images(), SplitArrays(np.random.default_rng(0).normal(size=(16, 40)),
-                                      np.zeros(16, np.int32))):
-    out = preprocess.make_preprocess('', seed=0)(batch_of(split), 0)
-    expected = pipeline.default_preprocess(split.inputs)
-    assert out['inputs'].dtype == np.float32
-    np.testing.assert_array_equal(out['inputs'], expected)
+def test_empty_spec_keeps_uint8_and_makes_floats_float32():
+  split = images()
+  out = preprocess.make_preprocess('', seed=0)(batch_of(split), 0)['inputs']
+  assert out.dtype == np.uint8  # shipped as bytes; scaled in the compiled step
+  np.testing.assert_array_equal(out, split.inputs)
+  floats = SplitArrays(np.random.default_rng(0).normal(size=(16, 40)), np.zeros(16, np.int32))
+  out = preprocess.make_preprocess('', seed=0)(batch_of(floats), 0)['inputs']
+  assert out.dtype == np.float32
+  np.testing.assert_array_equal(out, floats.inputs.astype(np.float32))
+
+
+def test_the_step_scales_uint8_images_to_unit_floats():
+  x = np.arange(256, dtype=np.uint8).reshape(16, 4, 4, 1)
+  scaled = np.asarray(jax.jit(steps.model_inputs)(x))
+  assert scaled.dtype == np.float32 and scaled.min() == 0.0 and scaled.max() == 1.0
+  np.testing.assert_allclose(scaled, x / np.float32(255), rtol=2e-7)  # XLA: x * (1/255)
+  floats = np.linspace(-1, 1, 8, dtype=np.float32)
+  assert jax.jit(steps.model_inputs)(floats).dtype == np.float32
+  np.testing.assert_array_equal(jax.jit(steps.model_inputs)(floats), floats)
 
 
 def test_scale():
@@ -143,7 +157,8 @@ def test_random_crop_is_a_crop_of_the_padded_image():
   split = images(n=16)
   out = preprocess.make_preprocess('random_crop(pad=2)', seed=0)(batch_of(split), 7)['inputs']
   raw = preprocess.make_preprocess('random_crop(pad=2)|to_float', seed=0)(batch_of(split), 7)
-  assert out.shape == (16, 8, 8, 1) and out.dtype == np.float32
+  assert out.shape == (16, 8, 8, 1) and out.dtype == np.uint8
+  np.testing.assert_array_equal(out, raw['inputs'])
   padded = np.pad(split.inputs, ((0, 0), (2, 2), (2, 2), (0, 0)))
   for k in range(16):
     assert _exists_crop(padded[k], raw['inputs'][k].astype(np.uint8))
@@ -201,8 +216,7 @@ def test_random_ops_are_deterministic_per_seed_and_batch_index(spec):
       'inputs'])
   # Evaluation never augments.
   pp = preprocess.build_preprocess(spec, seed=3)
-  np.testing.assert_array_equal(pp.eval_fn(batch_of(split), 10)['inputs'],
-                                split.inputs / np.float32(255))
+  np.testing.assert_array_equal(pp.eval_fn(batch_of(split), 10)['inputs'], split.inputs)
 
 
 def test_augmentation_does_not_depend_on_the_number_of_processes():

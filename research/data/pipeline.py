@@ -1,6 +1,6 @@
 """One grain pipeline for training and evaluation.
 
-Element k of the pipeline is global batch k. For data held in host memory, a batch is
+Element k of the pipeline is global batch k. For data held in host memory, batches are
 gathered with one vectorised index (`inputs[idx]`), not example by example: a per-example
 Python map is several times slower than the models' training steps (DESIGN.md).
 
@@ -15,11 +15,15 @@ Python map is several times slower than the models' training steps (DESIGN.md).
   is `sampler.order(e)`, where every class appears equally often.
 - Preprocessing (`research.data.preprocess`) is called as `preprocess(batch, k)` with the
   global batch index k, so its random augmentations are a function of (seed, k).
+- Training batches are made a chunk of several at a time (one gather, one grain element),
+  then handed out one by one: grain's per-element bookkeeping is microseconds, the scale
+  of a small model's whole train step. The batches do not depend on the chunk size.
 The iterator's `get_state()`/`set_state()` is the data position stored in checkpoints.
 """
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import grain
 import numpy as np
@@ -78,51 +82,118 @@ class BatchIndices(grain.MapDataset):
     self._cached_epoch = (epoch, order)
     return order
 
+  def rows(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Example indices and masks of global batches `first, ..., first + count - 1`, each
+    `[count, B]`; evaluation's last batch is padded with example 0 and masked out."""
+    size = self._batch_size
+    index = np.zeros((count, size), np.int64)
+    mask = np.ones((count, size), bool)
+    done = 0
+    while done < count:  # batches from one epoch at a time
+      epoch, position = divmod(first + done, self._batches_per_epoch)
+      take = min(self._batches_per_epoch - position, count - done)
+      flat = self._order(epoch)[position * size:(position + take) * size]
+      index[done:done + take].flat[:len(flat)] = flat
+      mask[done:done + take].flat[len(flat):] = False
+      done += take
+    return index, mask
+
   def __getitem__(self, k):
     if isinstance(k, slice):
       return self.slice(k)
-    epoch, position = divmod(k, self._batches_per_epoch)
-    order = self._order(epoch)
-    index = order[position * self._batch_size:(position + 1) * self._batch_size]
-    mask = np.ones(self._batch_size, dtype=bool)
-    if len(index) < self._batch_size:  # eval only: pad with example 0, masked out
-      mask[len(index):] = False
-      index = np.concatenate([index, np.zeros(self._batch_size - len(index), index.dtype)])
-    return {'index': index, 'mask': mask}
+    index, mask = self.rows(k, 1)
+    return {'index': index[0], 'mask': mask[0]}
 
 
 class _Gather:
-  """Global batch k's indices -> this process's slice -> arrays -> preprocessing.
-
-  One grain map per batch (not three): each layer costs tens of microseconds, which is
-  the scale of a small model's whole train step.
-  """
+  """Global batches' indices -> this process's rows -> arrays -> preprocessed batches."""
 
   def __init__(self, split: SplitArrays, preprocess: preprocess_lib.PreprocessFn,
                process_index: int, process_count: int):
     self._split, self._preprocess = split, preprocess
     self._process_index, self._process_count = process_index, process_count
 
-  def __call__(self, k: int, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    per_process = len(batch['index']) // self._process_count
+  def batches(self, first_k: int, index_NxB: np.ndarray, mask_NxB: np.ndarray
+              ) -> list[dict[str, np.ndarray]]:
+    """Global batches `first_k, first_k + 1, ...` -> this process's preprocessed batches,
+    from one gather."""
+    per_process = index_NxB.shape[1] // self._process_count
     mine = slice(self._process_index * per_process, (self._process_index + 1) * per_process)
-    idx = batch['index'][mine]
-    gathered = {
-        'inputs': self._split.inputs[idx],
-        'labels': self._split.labels[idx],
-        'mask': batch['mask'][mine],
-    }
-    return self._preprocess(gathered, k)
+    idx_NxP = index_NxB[:, mine]
+    inputs = np.take(self._split.inputs, idx_NxP, axis=0)  # [N, P, ...]; faster than [idx]
+    labels = np.take(self._split.labels, idx_NxP, axis=0)
+    masks = mask_NxB[:, mine]
+    return [self._preprocess({'inputs': inputs[j], 'labels': labels[j], 'mask': masks[j]},
+                             first_k + j)
+            for j in range(len(idx_NxP))]
+
+  def __call__(self, k: int, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return self.batches(k, batch['index'][None], batch['mask'][None])[0]
 
 
-def default_preprocess(inputs: np.ndarray) -> np.ndarray:
-  """uint8 images to [0, 1] floats; everything else to float32 (the empty spec's result)."""
-  if inputs.dtype == np.uint8:
-    return inputs.astype(np.float32) / 255.0
-  return inputs.astype(np.float32, copy=False)
+class _Chunks(grain.MapDataset):
+  """Element c: the list of global batches `c * n, ..., c * n + n - 1`, made together."""
+
+  def __init__(self, indices: BatchIndices, gather: _Gather, batches_per_chunk: int):
+    super().__init__()
+    self._indices, self._gather, self._n = indices, gather, batches_per_chunk
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __str__(self) -> str:
+    return f'_Chunks({self._indices}, batches_per_chunk={self._n})'
+
+  def __getitem__(self, c):
+    if isinstance(c, slice):
+      return self.slice(c)
+    first = c * self._n
+    return self._gather.batches(first, *self._indices.rows(first, self._n))
 
 
-_NO_PREPROCESSING = preprocess_lib.make_preprocess('', seed=0)  # only default_preprocess
+class _Unchunk(grain.IterDataset):
+  """A stream of chunks (lists of batches) -> a stream of batches."""
+
+  def __iter__(self) -> '_UnchunkIterator':
+    return _UnchunkIterator(self._parent.__iter__())
+
+
+class _UnchunkIterator(grain.DatasetIterator):
+  """State: the parent's state before the current chunk, and how much of it was taken.
+
+  Not `grain.experimental.FlatMapIterDataset`: its per-element statistics cost ~5 us,
+  a quarter of the pipeline's budget for the fastest models.
+  """
+
+  def __init__(self, parent: grain.DatasetIterator):
+    super().__init__(parent)
+    self._chunk_state = parent.get_state()
+    self._chunk: list[Any] = []
+    self._taken = 0
+
+  def __next__(self):
+    if self._taken == len(self._chunk):
+      self._chunk_state = self._parent.get_state()
+      self._chunk, self._taken = next(self._parent), 0
+    batch = self._chunk[self._taken]
+    self._chunk[self._taken] = None  # the consumer holds the only reference
+    self._taken += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    return {'chunk': self._chunk_state, 'taken': self._taken}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state['chunk'])
+    self._chunk_state, self._chunk, self._taken = state['chunk'], [], 0
+    if state['taken']:  # remake the current chunk and skip what was already taken
+      self._chunk, self._taken = next(self._parent), state['taken']
+
+  def __str__(self) -> str:
+    return '_UnchunkIterator'
+
+
+_NO_PREPROCESSING = preprocess_lib.make_preprocess('', seed=0)  # only the final dtype step
 
 
 def _check_divisible(batch_size: int, process_count: int) -> None:
@@ -131,23 +202,41 @@ def _check_divisible(batch_size: int, process_count: int) -> None:
                      f'processes ({process_count}).')
 
 
+_CHUNK_BYTES = 4 << 20  # raw input bytes gathered per read when `batches_per_chunk=0`
+_MAX_BATCHES_PER_CHUNK = 16
+
+
+def auto_batches_per_chunk(split: SplitArrays, local_batch_size: int) -> int:
+  """As many batches as fit in `_CHUNK_BYTES` of raw inputs, between 1 and 16."""
+  batch_bytes = max(1, split.inputs[:1].nbytes * local_batch_size)
+  return int(np.clip(_CHUNK_BYTES // batch_bytes, 1, _MAX_BATCHES_PER_CHUNK))
+
+
 def train_dataset(split: SplitArrays, batch_size: int, *, seed: int, shuffle: bool = True,
                   process_index: int = 0, process_count: int = 1,
                   preprocess: preprocess_lib.PreprocessFn = _NO_PREPROCESSING,
                   sampler: balance.BalancedSampler | None = None,
-                  prefetch_threads: int = 0) -> grain.IterDataset:
+                  prefetch_threads: int = 0, batches_per_chunk: int = 0) -> grain.IterDataset:
   """Endless training batches of this process's share of `batch_size` (the global batch).
 
-  `prefetch_threads=0` makes batches on the training thread: an in-memory gather takes
-  ~30 us, while handing batches over from a prefetch thread costs ~150 us each (measured
-  with `python -m research.data.bench`). Use threads for heavy augmentation.
+  Batches are made `batches_per_chunk` at a time (0: `auto_batches_per_chunk`): one
+  gather and one grain element per chunk, then handed out one by one. The batches are
+  the same whatever the chunk size.
+  `prefetch_threads=0` makes chunks on the training thread: handing an element over
+  from a prefetch thread costs ~150 us, which chunks amortise. Use threads for heavy
+  augmentation.
   """
   _check_divisible(batch_size, process_count)
-  ds = BatchIndices(len(split), batch_size, seed=seed, shuffle=shuffle, train=True,
-                    sampler=sampler)
-  ds = ds.map_with_index(_Gather(split, preprocess, process_index, process_count))
-  return ds.to_iter_dataset(grain.ReadOptions(
+  if batches_per_chunk < 0:
+    raise ValueError(f'batches_per_chunk={batches_per_chunk}: use 0 (auto) or a positive '
+                     f'number of batches.')
+  indices = BatchIndices(len(split), batch_size, seed=seed, shuffle=shuffle, train=True,
+                         sampler=sampler)
+  n = batches_per_chunk or auto_batches_per_chunk(split, batch_size // process_count)
+  chunks = _Chunks(indices, _Gather(split, preprocess, process_index, process_count), n)
+  ds = chunks.to_iter_dataset(grain.ReadOptions(
       num_threads=prefetch_threads, prefetch_buffer_size=2 * prefetch_threads))
+  return _Unchunk(ds)
 
 
 def eval_dataset(split: SplitArrays, batch_size: int, *, process_index: int = 0,
