@@ -1,7 +1,9 @@
 """Orbax checkpoints holding the sharded train state and the grain iterator position.
 
-Layout: `WORKDIR/checkpoints/<step>/{state,data}`. `state` is a plain Orbax PyTree
-(`step`, `params`, `opt_state`) readable without this package; `data` is grain's JSON.
+Layout: `WORKDIR/checkpoints/<step>/{state,data,trainer}`. `state` is a plain Orbax PyTree
+(`step`, `params`, `opt_state`) readable without this package; `data` is grain's JSON;
+`trainer` is JSON of the loop's own state (early stopping's best value and patience
+count), so a resumed run stops where an uninterrupted one would.
 Saves are asynchronous and atomic (Orbax writes to a temporary directory and renames it
 when complete), so a process killed mid-save leaves the previous checkpoint as the latest.
 A checkpoint that fails to restore is moved to `WORKDIR/checkpoints_quarantine/` (never
@@ -23,7 +25,8 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 
 class Checkpointer:
-  """Saves and restores `(state, data iterator)`; keeps the last `keep` plus the best."""
+  """Saves and restores `(state, data iterator, trainer JSON)`; keeps the last `keep` plus
+  the best."""
 
   def __init__(self, workdir: str, *, keep: int = 3, best_metric: str = '',
                best_mode: str = 'max', async_save: bool = True):
@@ -49,7 +52,7 @@ class Checkpointer:
             best_mode=best_mode,
             enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True),  # half-written saves of a killed process
-        item_names=('state', 'data'))
+        item_names=('state', 'data', 'trainer'))
 
   @classmethod
   def for_run(cls, workdir: str, config: ml_collections.ConfigDict) -> 'Checkpointer':
@@ -61,7 +64,8 @@ class Checkpointer:
                best_mode=ckpt.best_mode if ckpt.best_metric else early.mode,
                async_save=ckpt.async_save)
 
-  def save(self, step: int, state, data_iterator, metrics: dict[str, float] | None = None) -> None:
+  def save(self, step: int, state, data_iterator, metrics: dict[str, float] | None = None,
+           trainer: dict[str, Any] | None = None) -> None:
     if step in self._manager.all_steps():
       return  # e.g. the final save right after a periodic one
     if self.best_metric and metrics is not None and self.best_metric not in metrics:
@@ -70,7 +74,8 @@ class Checkpointer:
     self._manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                data=grain.checkpoint.CheckpointSave(data_iterator)),
+                                data=grain.checkpoint.CheckpointSave(data_iterator),
+                                trainer=ocp.args.JsonSave(trainer or {})),
         metrics=metrics if self.best_metric else None,
         force=True)
 
@@ -89,17 +94,21 @@ class Checkpointer:
   def restore(self, abstract_state, data_iterator, step: int | None = None):
     """Restores `step` (default: the newest that restores) onto `abstract_state`'s shardings.
 
-    Returns `(state, step)`, or `(None, None)` when there is no checkpoint. With `step`
-    None, a damaged checkpoint is reported, quarantined and the previous one tried.
+    Returns `(state, step, trainer)` (`trainer`: the JSON saved with it, `{}` for a
+    checkpoint written before it existed), or `(None, None, {})` when there is no
+    checkpoint. With `step` None, a damaged checkpoint is reported, quarantined and the
+    previous one tried.
     """
     candidates = [step] if step is not None else sorted(self.all_steps(), reverse=True)
     for candidate in candidates:
       try:
-        restored = self._manager.restore(
-            candidate,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                    data=grain.checkpoint.CheckpointRestore(data_iterator)))
-        return restored['state'], candidate
+        items = dict(state=ocp.args.StandardRestore(abstract_state),
+                     data=grain.checkpoint.CheckpointRestore(data_iterator))
+        has_trainer = os.path.isdir(os.path.join(self.directory, str(candidate), 'trainer'))
+        if has_trainer:
+          items['trainer'] = ocp.args.JsonRestore()
+        restored = self._manager.restore(candidate, args=ocp.args.Composite(**items))
+        return restored['state'], candidate, (restored['trainer'] if has_trainer else {})
       except Exception as e:  # Orbax/tensorstore raise many types for damaged files
         if step is not None:
           raise
@@ -107,7 +116,7 @@ class Checkpointer:
                       'and trying the previous one.', candidate, type(e).__name__,
                       str(e)[:500], self.quarantine)
         self._quarantine(candidate)
-    return None, None
+    return None, None, {}
 
   def restore_state(self, abstract_state, step: int):
     """Only the train state of `step` (no data iterator), e.g. for evaluation."""

@@ -71,6 +71,16 @@ class _EarlyStopping:
       self._evals_without_improvement += 1
     return self._evals_without_improvement >= self.patience
 
+  def state_dict(self) -> dict[str, Any]:
+    return {'metric': self.metric, 'best': self.best,
+            'evals_without_improvement': self._evals_without_improvement}
+
+  def load_state_dict(self, saved: dict[str, Any]) -> None:
+    if saved.get('metric') != self.metric:  # a resumed run that watches another metric
+      return
+    self.best = saved.get('best')
+    self._evals_without_improvement = int(saved.get('evals_without_improvement', 0))
+
 
 def _truncate_metrics_log(path: str, last_step: int) -> None:
   """On resume, drops log records written after the checkpoint (they will be redone)."""
@@ -123,9 +133,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   ckpt_cfg = config.checkpoint
   early = config.early_stopping
   checkpointer = checkpoint_lib.Checkpointer.for_run(workdir, config)
-  state, start_step = None, 0
+  state, start_step, restored_trainer = None, 0, {}
   if ckpt_cfg.resume:
-    state, restored_step = checkpointer.restore(exp.abstract_state, train_iter)
+    state, restored_step, restored_trainer = checkpointer.restore(exp.abstract_state,
+                                                                  train_iter)
     if state is not None:
       start_step = restored_step
       logging.info('Resumed from the checkpoint at step %d.', start_step)
@@ -165,6 +176,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_metrics = _TrainMetrics()
   compilations_after_step_2 = None
   stopper = _EarlyStopping(early.metric, early.mode, early.patience, early.min_delta)
+  if 'early_stopping' in restored_trainer:  # continue its patience count, not restart it
+    stopper.load_state_dict(restored_trainer['early_stopping'])
   stopped_early_at = None
   check_finite = config.nan_policy == 'stop'
   last_train: dict[str, float] = {}
@@ -222,7 +235,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           (evaluated and checkpointer.best_metric)):
         train_metrics.flush(check_finite)  # never save a state that went non-finite
         checkpointer.save(step, state, train_iter,
-                          flat_eval_metrics(eval_results) if evaluated else None)
+                          flat_eval_metrics(eval_results) if evaluated else None,
+                          trainer={'early_stopping': stopper.state_dict()})
       if stop:
         checkpointer.wait()
         checkpointer.close()

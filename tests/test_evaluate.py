@@ -34,14 +34,19 @@ def test_evaluate_bad_checkpoint_name(tmp_path):
     evaluate.evaluate_run(str(tmp_path), '7')
 
 
-def test_early_stopping_stops_on_plateau_and_best_is_evaluated(tmp_path):
-  config = tiny_config('mlp', steps=2000)
+def _early_stopping_config(steps: int = 2000):
+  config = tiny_config('mlp', steps=steps)
   config.optimizer.learning_rate = 0.05  # overfits quickly: test loss turns up
   config.eval_every_steps = 10
   config.checkpoint.every_steps = 0
   config.early_stopping.metric = 'test/loss'
   config.early_stopping.mode = 'min'
   config.early_stopping.patience = 2
+  return config
+
+
+def test_early_stopping_stops_on_plateau_and_best_is_evaluated(tmp_path):
+  config = _early_stopping_config()
   results = train.train_and_evaluate(config, str(tmp_path))
   stopped = results['stopped_early_at_step']
   assert stopped is not None and stopped < 2000
@@ -53,3 +58,16 @@ def test_early_stopping_stops_on_plateau_and_best_is_evaluated(tmp_path):
   best = evaluate.evaluate_run(str(tmp_path), 'best', 'test')
   assert best['step'] == best_step
   assert best['loss'] == pytest.approx(losses[best_step], rel=1e-6)
+
+
+def test_early_stopping_patience_survives_a_resume(tmp_path):
+  """Interrupted one evaluation before the stop, the resumed run stops at the same step:
+  the best value and the patience count come back from the checkpoint."""
+  whole = train.train_and_evaluate(_early_stopping_config(), str(tmp_path / 'whole'))
+  stopped = whole['stopped_early_at_step']
+  assert stopped is not None and stopped >= 30
+  resumed_dir = str(tmp_path / 'resumed')
+  first = train.train_and_evaluate(_early_stopping_config(steps=stopped - 10), resumed_dir)
+  assert first['stopped_early_at_step'] is None  # one evaluation without improvement so far
+  resumed = train.train_and_evaluate(_early_stopping_config(), resumed_dir)
+  assert resumed['stopped_early_at_step'] == stopped
