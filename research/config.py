@@ -48,8 +48,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.dataset.input_key = ''      # '' -> the dataset's supervised_keys
   c.dataset.label_key = ''
   # Preprocessing ops, e.g. 'random_crop(pad=2)|flip|standardize' (research/data/preprocess.py
-  # lists them). '' -> floats as float32; uint8 images stay uint8 and the step scales them
-  # to [0, 1] on the device. Random ops act in training only.
+  # lists them). '' -> floats as float32; uint8 images stay uint8 and the models scale
+  # them to [0, 1] on the device. Random ops act in training only.
   c.dataset.preprocess = ''
   c.dataset.balance_classes = False  # oversample rare classes: every class equally often
   c.dataset.prefetch_threads = 0  # >0: build batches in background threads (heavy augmentation)

@@ -15,17 +15,6 @@ TrainState = train_state.TrainState
 Batch = dict[str, jax.Array]
 
 
-def model_inputs(inputs: jax.Array) -> jax.Array:
-  """uint8 images -> float32 in [0, 1]; anything else unchanged.
-
-  The pipeline ships images as uint8 (a quarter of the bytes of float32) and the scaling
-  fuses into the model's first op here, inside the compiled step.
-  """
-  if inputs.dtype == jnp.uint8:
-    return inputs.astype(jnp.float32) / 255.0
-  return inputs
-
-
 def _masked_loss_and_correct(logits_BxK: jax.Array, labels_B: jax.Array, mask_B: jax.Array):
   losses_B = optax.softmax_cross_entropy_with_integer_labels(
       logits_BxK.astype(jnp.float32), labels_B)
@@ -47,7 +36,7 @@ def train_step(state: TrainState, batch: Batch, *, seed: int, grad_accum_steps: 
   dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
 
   def summed_loss(params, micro: Batch, key):
-    logits = state.apply_fn({'params': params}, model_inputs(micro['inputs']), train=True,
+    logits = state.apply_fn({'params': params}, micro['inputs'], train=True,
                             rngs={'dropout': key})
     loss_sum, correct, count = _masked_loss_and_correct(logits, micro['labels'], micro['mask'])
     return loss_sum, (correct, count)
@@ -87,8 +76,7 @@ def train_step(state: TrainState, batch: Batch, *, seed: int, grad_accum_steps: 
 def eval_step(state: TrainState, batch: Batch, *, num_classes: int) -> dict[str, Any]:
   """Summable statistics of the batch's real examples (`research.metrics`); the caller
   adds them up over the split and calls `metrics.summarize` once."""
-  logits_BxK = state.apply_fn({'params': state.params}, model_inputs(batch['inputs']),
-                              train=False)
+  logits_BxK = state.apply_fn({'params': state.params}, batch['inputs'], train=False)
   return metrics_lib.batch_statistics(logits_BxK, batch['labels'], batch['mask'],
                                       num_classes=num_classes)
 
@@ -96,5 +84,5 @@ def eval_step(state: TrainState, batch: Batch, *, num_classes: int) -> dict[str,
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
                        example_inputs: jax.Array, rng: jax.Array) -> TrainState:
   """The state with params still boxed (`nn.Partitioned`); unbox after sharding."""
-  variables = model.init(rng, model_inputs(example_inputs), train=False)
+  variables = model.init(rng, example_inputs, train=False)
   return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx)

@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from research import steps
+from research import models
+from research.models import layers
 from research.data import balance, pipeline, preprocess, tokenizers
 from research.data.sources import SplitArrays
 
@@ -79,14 +80,25 @@ def test_empty_spec_keeps_uint8_and_makes_floats_float32():
   np.testing.assert_array_equal(out, floats.inputs.astype(np.float32))
 
 
-def test_the_step_scales_uint8_images_to_unit_floats():
+def test_models_scale_uint8_images_to_unit_floats():
   x = np.arange(256, dtype=np.uint8).reshape(16, 4, 4, 1)
-  scaled = np.asarray(jax.jit(steps.model_inputs)(x))
+  scaled = np.asarray(jax.jit(layers.pixels_to_unit)(x))
   assert scaled.dtype == np.float32 and scaled.min() == 0.0 and scaled.max() == 1.0
   np.testing.assert_allclose(scaled, x / np.float32(255), rtol=2e-7)  # XLA: x * (1/255)
   floats = np.linspace(-1, 1, 8, dtype=np.float32)
-  assert jax.jit(steps.model_inputs)(floats).dtype == np.float32
-  np.testing.assert_array_equal(jax.jit(steps.model_inputs)(floats), floats)
+  assert jax.jit(layers.pixels_to_unit)(floats).dtype == np.float32
+  np.testing.assert_array_equal(jax.jit(layers.pixels_to_unit)(floats), floats)
+  # Every image model applies it: uint8 pixels and their [0, 1] floats give one output.
+  for name in ('logistic', 'mlp', 'cnn'):
+    model = models.build_model(models.model_config(name), 10)
+    params = model.init(jax.random.key(0), scaled)
+    np.testing.assert_allclose(model.apply(params, x), model.apply(params, scaled), rtol=1e-5,
+                               atol=1e-6)
+  vit = models.build_model(models.model_config('transformer', frontend='image', patch_size=2,
+                                               num_layers=1, hidden_size=16, num_heads=2), 10)
+  params = vit.init(jax.random.key(0), scaled)
+  np.testing.assert_allclose(vit.apply(params, x), vit.apply(params, scaled), rtol=1e-5,
+                             atol=1e-6)
 
 
 def test_scale():

@@ -1,7 +1,7 @@
 """One grain pipeline for training and evaluation.
 
 Element k of the pipeline is global batch k. For data held in host memory, batches are
-gathered with one vectorised index (`inputs[idx]`), not example by example: a per-example
+gathered with one vectorised `np.take(inputs, idx)`, not example by example: a per-example
 Python map is several times slower than the models' training steps (DESIGN.md).
 
 - Training: an endless stream; epoch e uses the permutation `default_rng([seed, e])`, so

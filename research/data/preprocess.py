@@ -19,8 +19,8 @@ on the whole batch at once; none loops over examples in Python.
   does not depend on the number of processes. In evaluation they do nothing
   (`random_crop(size=...)` centre-crops).
 - After the last op, inputs are made model-ready: floats -> float32, token ids stay
-  int32, and uint8 images stay uint8: the train and eval steps scale them to [0, 1]
-  floats on the device (`research.steps.model_inputs`), which moves a quarter of the bytes
+  int32, and uint8 images stay uint8: the models scale them to [0, 1] floats on the
+  device (`research.models.layers.pixels_to_unit`), which moves a quarter of the bytes
   to the device and spares the host a float conversion that costs more than a small
   model's train step. Text that was never tokenized is an error.
 
@@ -449,7 +449,7 @@ def _finalize(batch: Batch, tokenized: bool) -> Batch:
     raise ValueError(f'Inputs are text ({x.dtype}): add a tokenizer op to '
                      f'config.dataset.preprocess, e.g. tokenize_bytes(max_len=256) or '
                      f'tokenize_spm(vocab_size=8000, max_len=256).')
-  # uint8 stays uint8: the steps scale it to [0, 1] on the device (`steps.model_inputs`).
+  # uint8 stays uint8: the models scale it to [0, 1] (`layers.pixels_to_unit`).
   if x.dtype != np.uint8 and (x.dtype.kind == 'f' or not tokenized):
     x = x.astype(np.float32, copy=False)
   return {**batch, 'inputs': x}

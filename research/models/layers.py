@@ -16,6 +16,19 @@ default_kernel_init = nn.initializers.lecun_normal()
 default_bias_init = nn.initializers.zeros_init()
 
 
+def pixels_to_unit(x: jax.Array) -> jax.Array:
+  """uint8 pixels (0..255) -> float32 in [0, 1]; any other input unchanged.
+
+  The pipeline ships images as uint8 (a quarter of the bytes of float32, and no float
+  conversion on the host). Every model calls this first, so the trainer, evaluation and a
+  notebook's `model.apply` all see the same function; inside a jitted step the scaling
+  fuses into the first layer.
+  """
+  if x.dtype == jnp.uint8:
+    return x.astype(jnp.float32) / 255.0
+  return x
+
+
 @jax.custom_vjp
 def matmul(x_NxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
   """`x @ w` (any leading axes on x) whose kernel gradient XLA:CPU computes at full speed.

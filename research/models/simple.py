@@ -24,7 +24,7 @@ class LogisticRegression(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     del train
-    x_BxF = _flatten(x)
+    x_BxF = _flatten(layers.pixels_to_unit(x))
     return layers.dense(self.num_classes, 'embed', 'classes', name='head')(x_BxF)
 
 
@@ -44,7 +44,7 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     act = layers.activation(self.activation)
-    h_BxD = _flatten(x)
+    h_BxD = _flatten(layers.pixels_to_unit(x))
     for i, width in enumerate(self.hidden_sizes):
       update_BxH = act(layers.dense(width, 'embed', 'mlp', name=f'hidden_{i}')(h_BxD))
       update_BxH = nn.Dropout(self.dropout_rate, deterministic=not train)(update_BxH)
@@ -87,6 +87,7 @@ class CNN(nn.Module):
     if self.pooling not in ('flatten', 'mean'):
       raise ValueError(f"CNN pooling must be 'flatten' or 'mean', got {self.pooling!r}.")
     act = layers.activation(self.activation)
+    x = layers.pixels_to_unit(x)
     if x.ndim == 2:  # x_BxL: a single-channel sequence
       x = x[..., None]
     spatial_dims = x.ndim - 2  # 1 for x_BxLxC, 2 for x_BxHxWxC

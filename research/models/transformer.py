@@ -284,6 +284,7 @@ class TransformerEncoder(nn.Module):
 
   # ---- Front ends: input -> tokens x_BxNxD (before positions) and mask_BxN or None ----
   def _embed_features(self, x: jnp.ndarray, dtype: Any):
+    x = layers.pixels_to_unit(x)
     if x.ndim == 2:  # x_BxL: one scalar per token
       x = x[..., None]
     if x.ndim != 3:
@@ -293,6 +294,7 @@ class TransformerEncoder(nn.Module):
     return x_BxNxD, None
 
   def _embed_image(self, x: jnp.ndarray, dtype: Any):
+    x = layers.pixels_to_unit(x)
     if x.ndim == 3:  # x_BxHxW: one channel
       x = x[..., None]
     if x.ndim != 4:
