@@ -44,9 +44,10 @@ def bench_dataset(name: str, batch_size: int, repeats: int, calls: int) -> dict:
   info = sources.dataset_info(builder, config.dataset)
   split = sources.load_split(builder, info, 'train')
 
-  it = iter(pipeline.train_dataset(split, batch_size, seed=0,
+  dataset = pipeline.train_dataset(split, batch_size, seed=0,
                                    prefetch_threads=config.dataset.prefetch_threads,
-                                   batches_per_chunk=config.dataset.batches_per_chunk))
+                                   batches_per_chunk=config.dataset.batches_per_chunk)
+  it = iter(dataset)
   next(it)
 
   def read(n):  # drops each batch, as training does (keeping them would time page faults)
@@ -73,8 +74,7 @@ def bench_dataset(name: str, batch_size: int, repeats: int, calls: int) -> dict:
     train_rates.append(_rate(train, batch_size, calls))
   return {'dataset': name, 'examples': len(split), 'input_shape': list(split.inputs.shape[1:]),
           'input_dtype': str(split.inputs.dtype),
-          'batches_per_chunk': config.dataset.batches_per_chunk or
-                               pipeline.auto_batches_per_chunk(split, batch_size),
+          'batches_per_chunk': dataset.batches_per_chunk,
           'pipeline_examples_per_s': statistics.median(pipeline_rates),
           'train_examples_per_s': statistics.median(train_rates),
           'ratio': statistics.median(p / t for p, t in zip(pipeline_rates, train_rates))}

@@ -154,6 +154,10 @@ class _Chunks(grain.MapDataset):
 class _Unchunk(grain.IterDataset):
   """A stream of chunks (lists of batches) -> a stream of batches."""
 
+  def __init__(self, parent: grain.IterDataset, batches_per_chunk: int):
+    super().__init__(parent)
+    self.batches_per_chunk = batches_per_chunk  # the resolved size, for reports
+
   def __iter__(self) -> '_UnchunkIterator':
     return _UnchunkIterator(self._parent.__iter__())
 
@@ -221,7 +225,8 @@ def train_dataset(split: SplitArrays, batch_size: int, *, seed: int, shuffle: bo
 
   Batches are made `batches_per_chunk` at a time (0: `auto_batches_per_chunk`): one
   gather and one grain element per chunk, then handed out one by one. The batches are
-  the same whatever the chunk size.
+  the same whatever the chunk size; the returned dataset's `batches_per_chunk` is the size
+  used.
   `prefetch_threads=0` makes chunks on the training thread: handing an element over
   from a prefetch thread costs ~150 us, which chunks amortise. Use threads for heavy
   augmentation.
@@ -236,7 +241,7 @@ def train_dataset(split: SplitArrays, batch_size: int, *, seed: int, shuffle: bo
   chunks = _Chunks(indices, _Gather(split, preprocess, process_index, process_count), n)
   ds = chunks.to_iter_dataset(grain.ReadOptions(
       num_threads=prefetch_threads, prefetch_buffer_size=2 * prefetch_threads))
-  return _Unchunk(ds)
+  return _Unchunk(ds, n)
 
 
 def eval_dataset(split: SplitArrays, batch_size: int, *, process_index: int = 0,
