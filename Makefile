@@ -28,10 +28,10 @@ table: $(STAMP)
 	$(PY) -m research.reproduce --workdir=runs/mnist1d_table --seeds=0,1,2
 
 bench: $(STAMP)
-	$(PY) -m research.bench --json=bench.json
+	$(PY) -m benchmarks.bench --json=bench.json
 
 bench-data: $(STAMP)
-	$(PY) -m research.data.bench
+	$(PY) -m benchmarks.data_bench
 
 clean-venv:
 	rm -rf $(VENV)

@@ -14,9 +14,10 @@ from typing import Any
 import ml_collections
 from absl import app, flags, logging
 
-from research import checkpoint as checkpoint_lib
+from research.training import checkpoint as checkpoint_lib
 from research import config as config_lib
-from research import experiment, writers
+from research.training import experiment
+from research import writers
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by research.main.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")

@@ -1,6 +1,6 @@
 """Command line: `python -m research.main --config=configs/mnist1d/cnn.py --workdir=DIR`.
 
-Deliberately thin: flags in, one call to `train.train_and_evaluate`, a table out. All logic
+Deliberately thin: flags in, one call to `training.train_and_evaluate`, a table out. All logic
 lives in importable modules so notebooks and tests use the same code.
 Override any config key with `--config.KEY=VALUE`, e.g. `--config.optimizer.learning_rate=3e-3`.
 """
@@ -16,7 +16,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from research import config as config_lib
-from research import preemption, reporting, train
+from research.training import preemption
+from research.evaluation import reporting
+from research import training
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/mnist1d/cnn.py.', lock_config=True)
@@ -59,7 +61,7 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_OnlyOurInfo())
   try:
-    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    results = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except preemption.Preempted as e:
     logging.warning('%s', e)
     sys.exit(preemption.PREEMPTED_EXIT_CODE)

@@ -13,7 +13,8 @@ import runpy
 
 from absl import app, flags, logging
 
-from research import compare, train
+from research.evaluation import compare
+from research import training
 
 DEFAULT_CONFIGS = ('configs/mnist1d/logistic.py,configs/mnist1d/mlp.py,'
                    'configs/mnist1d/cnn.py,configs/mnist1d/transformer.py')
@@ -36,7 +37,7 @@ def run_all(config_paths: list[str], seeds: list[int], workdir: str) -> list[str
       config.seed = seed
       config.progress_bar = False
       logging.info('Running %s seed %d -> %s', path, seed, run_dir)
-      train.train_and_evaluate(config, run_dir)
+      training.train_and_evaluate(config, run_dir)
   return run_dirs
 
 

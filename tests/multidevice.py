@@ -13,7 +13,7 @@ import sys
 
 import jax
 
-from research import train
+from research import training
 from tests.helpers import read_jsonl, tiny_config
 
 SCALING_MODELS = {  # widths every mesh axis divides, so sharding really happens
@@ -54,7 +54,7 @@ def train_losses(workdir: str) -> list[float]:
 def run(spec: dict) -> dict:
   config = scaling_config(spec['model'], spec.get('steps', 20))
   apply_overrides(config, spec.get('overrides', {}))
-  results = train.train_and_evaluate(config, spec['workdir'])
+  results = training.train_and_evaluate(config, spec['workdir'])
   out = {'results': {k: v for k, v in results.items() if k != 'test'}}
   if 'test' in results:
     out['test_examples'] = results['test']['num_examples']
@@ -81,7 +81,8 @@ def main() -> None:
 
 def fsdp_memory(out_path: str) -> None:
   """Per-device train-step memory of a Transformer: 1 device vs FSDP over all devices."""
-  from research import experiment, models
+  from research.training import experiment
+  from research import models
   config = tiny_config('transformer')
   config.model = models.model_config('transformer', num_layers=4, hidden_size=256,
                                      num_heads=8, mlp_ratio=4.0)

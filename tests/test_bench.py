@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from research import bench, models
+from benchmarks import bench
+from research import models
 
 NUMERIC_FIELDS = ('params', 'batch', 'jax_steps_per_s', 'jax_examples_per_s', 'compile_s',
                   'mfu', 'flops_per_step')
@@ -67,7 +68,7 @@ def _flax_params(case: bench.Case, batch: dict) -> tuple[nn.Module, dict]:
 @pytest.mark.parametrize('key', sorted(bench.CASES))
 def test_torch_twins_have_the_flax_param_counts(key):
   torch = pytest.importorskip('torch')
-  from research import bench_torch
+  from benchmarks import bench_torch
   case = bench.CASES[key]
   model = models.build_model(bench.model_block(case), case.num_classes)
   example = bench.make_batch(case, 1)['inputs']
@@ -98,7 +99,7 @@ VARIANTS = [
 @pytest.mark.parametrize('family,size,overrides', VARIANTS)
 def test_torch_twins_compute_the_flax_function(family, size, overrides):
   torch = pytest.importorskip('torch')
-  from research import bench_torch
+  from benchmarks import bench_torch
   case = bench.CASES[(family, size)]
   case = bench.Case(case.family, case.size, {**case.model, **overrides}, case.input_shape, 4)
   batch = bench.make_batch(case, 4)
@@ -139,7 +140,7 @@ def test_set_overrides_only_models_that_have_the_key():
 @pytest.mark.parametrize('key', sorted(bench.CASES))
 def test_every_case_gets_the_trainers_shardings(key):
   """The trainer's logical-axis rules accept every benchmarked model (shapes only, no compile)."""
-  from research import sharding
+  from research.parallel import sharding
   case = bench.CASES[key]
   model = models.build_model(bench.model_block(case), case.num_classes)
   example = bench.make_batch(case, 1)['inputs']

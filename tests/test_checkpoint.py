@@ -9,7 +9,8 @@ import signal
 import jax.numpy as jnp
 import pytest
 
-from research import preemption, train
+from research.training import preemption
+from research import training
 from tests import checkpoint_utils as cu
 from tests.helpers import read_jsonl, tiny_config
 
@@ -103,9 +104,9 @@ def test_sigterm_saves_the_current_step_and_exits_with_the_documented_code(tmp_p
 def test_damaged_latest_checkpoint_is_skipped_and_kept_aside(tmp_path, caplog):
   config = tiny_config('mlp', steps=20)
   config.checkpoint.every_steps = 10
-  reference = train.train_and_evaluate(config, str(tmp_path / 'reference'))
+  reference = training.train_and_evaluate(config, str(tmp_path / 'reference'))
   workdir = str(tmp_path / 'damaged')
-  train.train_and_evaluate(config, workdir)
+  training.train_and_evaluate(config, workdir)
   files = [f for f in glob.glob(f'{workdir}/checkpoints/20/state/**', recursive=True)
            if os.path.isfile(f)]
   victim = max(files, key=os.path.getsize)
@@ -113,7 +114,7 @@ def test_damaged_latest_checkpoint_is_skipped_and_kept_aside(tmp_path, caplog):
     f.truncate(os.path.getsize(victim) // 2)
 
   with caplog.at_level(logging.ERROR):
-    resumed = train.train_and_evaluate(config, workdir)
+    resumed = training.train_and_evaluate(config, workdir)
   assert 'Checkpoint at step 20 cannot be restored' in caplog.text
   assert resumed['resumed_from_step'] == 10
   assert resumed['test']['loss'] == reference['test']['loss']  # retrained 10 -> 20 exactly
@@ -125,10 +126,10 @@ def test_missing_checkpoint_directory_falls_back(tmp_path):
   config = tiny_config('mlp', steps=20)
   config.checkpoint.every_steps = 10
   workdir = str(tmp_path)
-  train.train_and_evaluate(config, workdir)
+  training.train_and_evaluate(config, workdir)
   import shutil
   shutil.rmtree(f'{workdir}/checkpoints/20/state')
-  assert train.train_and_evaluate(config, workdir)['resumed_from_step'] == 10
+  assert training.train_and_evaluate(config, workdir)['resumed_from_step'] == 10
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
@@ -136,7 +137,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
   config.checkpoint.every_steps = 10
   config.optimizer.learning_rate = 1e30  # diverges within a few steps
   with pytest.raises(FloatingPointError, match=r'Non-finite training loss .* at step \d+'):
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
   steps = cu.finished_checkpoints(str(tmp_path))
   for step in steps:  # whatever was saved is finite
     state = cu.read_state(str(tmp_path), step)
@@ -148,7 +149,7 @@ def test_skip_policy_drops_non_finite_updates(tmp_path):
   config = tiny_config('mlp', steps=10)
   config.nan_policy = 'skip'
   config.optimizer.learning_rate = 1e30
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = training.train_and_evaluate(config, str(tmp_path))
   assert results['train']['skipped'] > 0
   state = cu.read_state(str(tmp_path), 10)
   assert all(bool(jnp.isfinite(x).all()) for x in __import__('jax').tree.leaves(state['params']))
@@ -162,7 +163,7 @@ def test_best_checkpoint_is_kept_alongside_the_latest(tmp_path):
   config.checkpoint.best_metric = 'test/loss'
   config.checkpoint.best_mode = 'min'
   config.optimizer.learning_rate = 0.05  # overfits: eval loss rises after a while
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = training.train_and_evaluate(config, str(tmp_path))
   evals = [r for r in read_jsonl(tmp_path / 'metrics.jsonl') if r['split'] == 'test']
   best = min(evals, key=lambda r: r['loss'])['step']
   assert results['best_checkpoint_step'] == best

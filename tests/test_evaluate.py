@@ -3,12 +3,12 @@ import json
 
 import pytest
 
-from research import evaluate, train
+from research import evaluate, training
 from tests.helpers import read_jsonl, run_module, tiny_config
 
 
 def test_evaluate_reproduces_final_results_exactly(tmp_path):
-  results = train.train_and_evaluate(tiny_config('cnn', steps=20), str(tmp_path))
+  results = training.train_and_evaluate(tiny_config('cnn', steps=20), str(tmp_path))
   evaluated = evaluate.evaluate_run(str(tmp_path), 'latest', 'test')
   assert evaluated['step'] == 20
   for key in ('loss', 'accuracy', 'macro_f1', 'ece', 'confusion_matrix', 'num_examples'):
@@ -18,7 +18,7 @@ def test_evaluate_reproduces_final_results_exactly(tmp_path):
 
 
 def test_evaluate_cli(tmp_path):
-  train.train_and_evaluate(tiny_config('logistic', steps=10), str(tmp_path))
+  training.train_and_evaluate(tiny_config('logistic', steps=10), str(tmp_path))
   proc = run_module('research.evaluate', f'--workdir={tmp_path}', '--checkpoint=10',
                     '--split=train')
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -27,7 +27,7 @@ def test_evaluate_cli(tmp_path):
 
 
 def test_evaluate_bad_checkpoint_name(tmp_path):
-  train.train_and_evaluate(tiny_config('logistic', steps=5), str(tmp_path))
+  training.train_and_evaluate(tiny_config('logistic', steps=5), str(tmp_path))
   with pytest.raises(ValueError, match="'latest', 'best' or a step number"):
     evaluate.evaluate_run(str(tmp_path), 'newest')
   with pytest.raises(FileNotFoundError, match=r'available steps: \[5\]'):
@@ -47,7 +47,7 @@ def _early_stopping_config(steps: int = 2000):
 
 def test_early_stopping_stops_on_plateau_and_best_is_evaluated(tmp_path):
   config = _early_stopping_config()
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = training.train_and_evaluate(config, str(tmp_path))
   stopped = results['stopped_early_at_step']
   assert stopped is not None and stopped < 2000
   losses = {r['step']: r['loss'] for r in read_jsonl(tmp_path / 'metrics.jsonl')
@@ -63,11 +63,11 @@ def test_early_stopping_stops_on_plateau_and_best_is_evaluated(tmp_path):
 def test_early_stopping_patience_survives_a_resume(tmp_path):
   """Interrupted one evaluation before the stop, the resumed run stops at the same step:
   the best value and the patience count come back from the checkpoint."""
-  whole = train.train_and_evaluate(_early_stopping_config(), str(tmp_path / 'whole'))
+  whole = training.train_and_evaluate(_early_stopping_config(), str(tmp_path / 'whole'))
   stopped = whole['stopped_early_at_step']
   assert stopped is not None and stopped >= 30
   resumed_dir = str(tmp_path / 'resumed')
-  first = train.train_and_evaluate(_early_stopping_config(steps=stopped - 10), resumed_dir)
+  first = training.train_and_evaluate(_early_stopping_config(steps=stopped - 10), resumed_dir)
   assert first['stopped_early_at_step'] is None  # one evaluation without improvement so far
-  resumed = train.train_and_evaluate(_early_stopping_config(), resumed_dir)
+  resumed = training.train_and_evaluate(_early_stopping_config(), resumed_dir)
   assert resumed['stopped_early_at_step'] == stopped

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from research import metrics
+from research.evaluation import metrics
 
 K = 12
 ABSENT = (10, 11)  # classes that occur in neither the labels nor the predictions
@@ -217,7 +217,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     import functools
     import jax, numpy as np
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
-    from research import metrics
+    from research.evaluation import metrics
 
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(96, 10)).astype(np.float32)

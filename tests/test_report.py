@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from research import compare, metrics, plots, references, report, tb
+from research.evaluation import compare, metrics, plots, references, report, tb
 
 CONFUSION = [[40, 5, 5], [10, 30, 10], [0, 0, 0]]  # class 2: never a label, never predicted
 

@@ -15,7 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from research import models, steps, train
+from research import models, training
+from research.training import steps
 from tests import multidevice
 from tests.helpers import REPO_ROOT
 
@@ -113,7 +114,7 @@ def test_two_processes_match_one_process(eight_device_runs, tmp_path):
 
 def test_grad_accumulation_equals_one_big_batch():
   import flax.linen as nn
-  from research import optim
+  from research.training import optim
   from research.config import default_config
 
   model = models.build_model(models.model_config('mlp'), 10)

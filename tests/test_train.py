@@ -4,14 +4,14 @@ import os
 
 import pytest
 
-from research import train
+from research import training
 from tests.helpers import read_jsonl, tiny_config
 
 
 @pytest.mark.parametrize('model', ['logistic', 'mlp', 'cnn'])
 def test_tiny_run_learns_and_writes_outputs(model, tmp_path):
   config = tiny_config(model, steps=40)
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = training.train_and_evaluate(config, str(tmp_path))
 
   train_losses = [r['loss'] for r in read_jsonl(tmp_path / 'metrics.jsonl')
                   if r['split'] == 'train']
@@ -30,11 +30,11 @@ def test_tiny_run_learns_and_writes_outputs(model, tmp_path):
 
 
 def test_same_seed_same_result_different_seed_different(tmp_path):
-  a = train.train_and_evaluate(tiny_config('mlp', steps=10), str(tmp_path / 'a'))
-  b = train.train_and_evaluate(tiny_config('mlp', steps=10), str(tmp_path / 'b'))
+  a = training.train_and_evaluate(tiny_config('mlp', steps=10), str(tmp_path / 'a'))
+  b = training.train_and_evaluate(tiny_config('mlp', steps=10), str(tmp_path / 'b'))
   config = tiny_config('mlp', steps=10)
   config.seed = 1
-  c = train.train_and_evaluate(config, str(tmp_path / 'c'))
+  c = training.train_and_evaluate(config, str(tmp_path / 'c'))
   assert a['test']['loss'] == b['test']['loss']
   assert a['test']['loss'] != c['test']['loss']
 
@@ -43,7 +43,7 @@ def test_eval_counts_every_example_once_with_padded_last_batch(tmp_path):
   config = tiny_config('logistic', steps=5)
   config.eval_batch_size = 128  # 1000 = 7 * 128 + 104: the last batch is padded
   config.dataset.eval_splits = 'test,train'
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = training.train_and_evaluate(config, str(tmp_path))
   assert results['test']['num_examples'] == 1000
   assert results['train_eval']['num_examples'] == 4000  # the train split, evaluated
   assert results['train']['loss'] > 0  # the training loop's own metrics, not overwritten
@@ -58,7 +58,7 @@ def test_unwritable_workdir_fails_before_training(tmp_path, monkeypatch):
   monkeypatch.setattr('research.data.sources.open_builder',
                       lambda *a, **k: opened.append(1))
   with pytest.raises(PermissionError, match='not writable'):
-    train.train_and_evaluate(tiny_config(), str(blocker / 'run'))
+    training.train_and_evaluate(tiny_config(), str(blocker / 'run'))
   assert not opened  # no data was read, no training started
 
 
@@ -66,21 +66,21 @@ def test_unknown_model_lists_available(tmp_path):
   config = tiny_config()
   config.model.name = 'resnet'
   with pytest.raises(ValueError, match=r"Unknown model 'resnet'.*cnn.*logistic.*mlp"):
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
 
 
 def test_model_block_of_another_model_is_reported(tmp_path):
   config = tiny_config('cnn')
   config.model.name = 'mlp'  # the block still holds the CNN's hyperparameters
   with pytest.raises(ValueError, match=r"Unknown keys .*kernel_sizes.*model 'mlp'"):
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
 
 
 def test_unknown_dataset_lists_available(tmp_path):
   config = tiny_config()
   config.dataset.name = 'mnist1e'
   with pytest.raises(ValueError, match=r"Unknown dataset 'mnist1e'.*mnist1d"):
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
 
 
 @pytest.mark.parametrize('key,value,match', [
@@ -91,21 +91,21 @@ def test_bad_values_name_the_key(tmp_path, key, value, match):
   config = tiny_config()
   config[key] = value
   with pytest.raises(ValueError, match=match):
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
 
 
 def test_bad_optimizer_lists_choices(tmp_path):
   config = tiny_config()
   config.optimizer.name = 'lamb'
   with pytest.raises(ValueError, match=r"Unknown optimizer 'lamb'.*adam.*adamw.*sgd"):
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))
 
 
 def test_report_plots_and_tensorboard_are_written(tmp_path):
   config = tiny_config('cnn', steps=20)
   config.write_report = True
   config.eval_every_steps = 10
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = training.train_and_evaluate(config, str(tmp_path))
   report = (tmp_path / 'report.md').read_text()
   assert f"{results['test']['accuracy']:.4f}"[:5] in report
   for png in ('learning_curves.png', 'confusion_test.png'):
@@ -119,4 +119,4 @@ def test_inputs_the_model_cannot_take_fail_clearly(tmp_path):
   config = tiny_config('transformer', frontend='image', patch_size=4)
   with pytest.raises(ValueError, match=r"Model 'transformer' .* cannot take the inputs of "
                                        r"dataset 'mnist1d': one example has shape \(40,\)"):
-    train.train_and_evaluate(config, str(tmp_path))
+    training.train_and_evaluate(config, str(tmp_path))

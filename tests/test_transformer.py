@@ -12,7 +12,8 @@ import optax
 import pytest
 
 from research import config as config_lib
-from research import models, sharding
+from research import models
+from research.parallel import sharding
 from research.models import flops
 from research.models.transformer import TransformerEncoder
 
@@ -360,7 +361,7 @@ def test_configs_build_a_working_model(path, num_classes, example):
 
 def test_mnist1d_config_trains_end_to_end(repo_root, tmp_path):
   """The experiment's own config, shortened: the trainer runs it and the loss falls."""
-  from research import train  # the trainer pulls in data and checkpointing: import late
+  from research import training  # the trainer pulls in data and checkpointing: import late
   from tests.helpers import read_jsonl
 
   config = runpy.run_path(f'{repo_root}/configs/mnist1d/transformer.py')['get_config']()
@@ -372,7 +373,7 @@ def test_mnist1d_config_trains_end_to_end(repo_root, tmp_path):
   config.progress_bar = False
   if 'write_report' in config:
     config.write_report = False
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = training.train_and_evaluate(config, str(tmp_path))
   losses = [r['loss'] for r in read_jsonl(tmp_path / 'metrics.jsonl') if r['split'] == 'train']
   assert losses[-1] < 0.9 * losses[0], losses
   assert results['test']['num_examples'] == 1000

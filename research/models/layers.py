@@ -1,7 +1,7 @@
 """Dense and conv layers whose parameters carry logical axis names.
 
 Logical names (`embed`, `mlp`, `conv_window`, `classes`, ...) are mapped onto mesh axes by
-`research.sharding`; the models never mention mesh axes themselves.
+`research.parallel.sharding`; the models never mention mesh axes themselves.
 """
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ class Im2colConv(nn.Module):
   Same `kernel` (window..., in, out) and `bias` as `nn.Conv`, so a checkpoint serves both.
   XLA's CPU convolutions are slow to train (their kernel gradients first transpose the
   activations batch-last); as slices plus one matmul, a training step of a 3-conv CNN on
-  28x28 images runs 1.2-1.5x faster on CPU (`python -m research.bench --models=cnn
+  28x28 images runs 1.2-1.5x faster on CPU (`python -m benchmarks.bench --models=cnn
   --set conv_impl=xla`, then `=im2col`). On GPU/TPU the library convolutions win.
   `padding` is explicit: one (low, high) pair per spatial dimension.
   """

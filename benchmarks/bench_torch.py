@@ -1,4 +1,4 @@
-"""PyTorch twins of the flax models, for `research.bench`: same shapes, same parameter counts.
+"""PyTorch twins of the flax models, for `benchmarks.bench`: same shapes, same parameter counts.
 
 Each twin is built from the same hyperparameters as its flax model (the `config.model`
 block), and runs the same step a PyTorch user would write: forward, cross-entropy, backward,
@@ -384,7 +384,7 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
-  """JSON-lines requests from `research.bench`: hello, matmul_peak, setup, run, quit."""
+  """JSON-lines requests from `benchmarks.bench`: hello, matmul_peak, setup, run, quit."""
   runner = None
   for line in stdin:
     request = json.loads(line)
@@ -415,12 +415,12 @@ def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
 
 
 if __name__ == '__main__':
-  parser = argparse.ArgumentParser(description='PyTorch twins worker for research.bench.')
+  parser = argparse.ArgumentParser(description='PyTorch twins worker for benchmarks.bench.')
   parser.add_argument('--serve', action='store_true', help='answer JSON-lines requests')
   parser.add_argument('--threads', type=int, default=0, help='torch.set_num_threads (0: default)')
   args = parser.parse_args()
   if args.threads:
     torch.set_num_threads(args.threads)
   if not args.serve:
-    parser.error('nothing to do: pass --serve (research.bench starts this worker).')
+    parser.error('nothing to do: pass --serve (benchmarks.bench starts this worker).')
   serve()

@@ -18,10 +18,12 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from research import checkpoint as checkpoint_lib
+from research.training import checkpoint as checkpoint_lib
 from research import config as config_lib
-from research import metrics as metrics_lib
-from research import distributed, experiment, hardware, init_from, preemption, sharding, writers
+from research.evaluation import metrics as metrics_lib
+from research.parallel import distributed, sharding
+from research.training import experiment, hardware, init_from, preemption
+from research import writers
 from research.models import flops
 from research.data import balance, pipeline
 
@@ -284,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_main_process:
     writers.write_json_atomic(os.path.join(workdir, 'results.json'), results)
     if config.write_report:
-      from research import report  # here, so matplotlib loads only for runs that report
+      from research.evaluation import report  # here, so matplotlib loads only for runs that report
       try:
         logging.info('Report: %s', report.write_report(workdir))
       except Exception:  # the results are saved; a plotting failure must not lose them

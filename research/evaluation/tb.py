@@ -73,7 +73,7 @@ def write_scalars(metrics_jsonl_path: str, logdir: str) -> int:
   Event files from an earlier call are removed first, so regenerating a report does not
   double every curve. Later records of a repeated (split, step) win, as in the plots.
   """
-  from research import plots  # pylint: disable=import-outside-toplevel
+  from research.evaluation import plots  # pylint: disable=import-outside-toplevel
 
   series = plots.read_metrics(metrics_jsonl_path)
   for old in glob.glob(os.path.join(logdir, '*', 'events.out.tfevents.*')):

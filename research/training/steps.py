@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from research import metrics as metrics_lib
+from research.evaluation import metrics as metrics_lib
 
 TrainState = train_state.TrainState
 Batch = dict[str, jax.Array]
@@ -74,7 +74,7 @@ def train_step(state: TrainState, batch: Batch, *, seed: int, grad_accum_steps: 
 
 
 def eval_step(state: TrainState, batch: Batch, *, num_classes: int) -> dict[str, Any]:
-  """Summable statistics of the batch's real examples (`research.metrics`); the caller
+  """Summable statistics of the batch's real examples (`research.evaluation.metrics`); the caller
   adds them up over the split and calls `metrics.summarize` once."""
   logits_BxK = state.apply_fn({'params': state.params}, batch['inputs'], train=False)
   return metrics_lib.batch_statistics(logits_BxK, batch['labels'], batch['mask'],

@@ -1,6 +1,6 @@
 """Is the input pipeline ever the bottleneck? Pipeline examples/s vs training examples/s.
 
-  python -m research.data.bench [--batch_size=256] [--json=out.json]
+  python -m benchmarks.data_bench [--batch_size=256] [--json=out.json]
 
 For every offline dataset: examples/s that the grain training pipeline delivers (gather +
 preprocessing, host side, batches dropped as training drops them), next to examples/s that
@@ -19,7 +19,8 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from research import models, optim, steps
+from research import models
+from research.training import optim, steps
 from research.config import default_config
 from research.data import pipeline, sources
 

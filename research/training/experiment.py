@@ -18,8 +18,10 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
 from research import config as config_lib
-from research import metrics as metrics_lib
-from research import models, optim, sharding, steps
+from research.evaluation import metrics as metrics_lib
+from research import models
+from research.training import optim, steps
+from research.parallel import sharding
 from research.data import pipeline, preprocess, sources
 
 

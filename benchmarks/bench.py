@@ -1,20 +1,20 @@
 """Training throughput and MFU of each model family, next to the same model in PyTorch.
 
-    python -m research.bench                           # {mlp, cnn, transformer} x {small, medium}
-    python -m research.bench --models=cnn --sizes=medium --json=bench.json
-    python -m research.bench --no-torch                # jax only (torch is optional)
-    python -m research.bench --device=gpu --dtype=bfloat16 --models=transformer --sizes=bert_base
+    python -m benchmarks.bench                           # {mlp, cnn, transformer} x {small, medium}
+    python -m benchmarks.bench --models=cnn --sizes=medium --json=bench.json
+    python -m benchmarks.bench --no-torch                # jax only (torch is optional)
+    python -m benchmarks.bench --device=gpu --dtype=bfloat16 --models=transformer --sizes=bert_base
 
-What is timed is what `research.train` runs: `steps.train_step` with Adam from
+What is timed is what `research.training` runs: `steps.train_step` with Adam from
 `optim.create_optimizer`, jitted with the trainer's shardings and state donation, on one
 fixed batch already on the device (the input pipeline is not timed). PyTorch runs the twin
-model (`research.bench_torch`: same shapes, same parameter count, asserted) with
+model (`benchmarks.bench_torch`: same shapes, same parameter count, asserted) with
 `torch.optim.Adam`, eagerly, in its own process, as a PyTorch user would run it. Repeats
 alternate jax, torch, jax, torch, ... so a noisy neighbour slows both, and `jax/torch` is the
 median of the per-repeat ratios: quote ratios, not seconds, on a shared machine. Even
 ratios move with load: PyTorch's OpenMP threads slow down far more than XLA's when other
 processes take the cores, so the machine line records the load average, and
-`taskset -c 1 python -m research.bench` (one core for both) gives load-robust ratios.
+`taskset -c 1 python -m benchmarks.bench` (one core for both) gives load-robust ratios.
 
 MFU = model FLOPs per step / step time / peak, with FLOPs from
 `research.models.flops.model_flops_per_example` (DESIGN.md "MFU convention"). On CPU the peak
@@ -46,7 +46,9 @@ import ml_collections
 import numpy as np
 
 from research import config as config_lib
-from research import hardware, models, optim, sharding, steps
+from research.training import hardware, optim, steps
+from research import models
+from research.parallel import sharding
 from research.models import flops
 
 # ---------------------------------------------------------------------------------------
@@ -138,7 +140,7 @@ def model_block(case: Case, dtype: str | None = None,
 
 
 class JaxRunner:
-  """Builds state and the jitted train_step like `research.train`; `run(n)` takes n steps."""
+  """Builds state and the jitted train_step like `research.training`; `run(n)` takes n steps."""
 
   def __init__(self, case: Case, model_cfg: ml_collections.ConfigDict, batch: dict,
                device: jax.Device, learning_rate: float = 1e-3, seed: int = 0):
@@ -181,19 +183,19 @@ class JaxRunner:
 
 
 # ---------------------------------------------------------------------------------------
-# The torch side: a worker process running research.bench_torch
+# The torch side: a worker process running benchmarks.bench_torch
 # ---------------------------------------------------------------------------------------
 
 
 class TorchWorker:
-  """`python -m research.bench_torch --serve`, spoken to in JSON lines over a pipe.
+  """`python -m benchmarks.bench_torch --serve`, spoken to in JSON lines over a pipe.
 
   A separate process: jax and torch each keep their own thread pools and allocator, as in a
   user's program, and a machine without torch just gets a jax-only table.
   """
 
   def __init__(self, threads: int = 0):
-    cmd = [sys.executable, '-m', 'research.bench_torch', '--serve']
+    cmd = [sys.executable, '-m', 'benchmarks.bench_torch', '--serve']
     if threads:
       cmd.append(f'--threads={threads}')
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -407,7 +409,7 @@ def _csv(value: str) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(prog='python -m research.bench', description=__doc__.split('\n')[0],
+  p = argparse.ArgumentParser(prog='python -m benchmarks.bench', description=__doc__.split('\n')[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--models', default=','.join(FAMILIES),
                  help='comma-separated: mlp,cnn,transformer')

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, evaluators, reports, plots, comparison with published tables."""
