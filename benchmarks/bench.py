@@ -17,7 +17,7 @@ processes take the cores, so the machine line records the load average, and
 `taskset -c 1 python -m benchmarks.bench` (one core for both) gives load-robust ratios.
 
 MFU = model FLOPs per step / step time / peak, with FLOPs from
-`research.models.flops.model_flops_per_example` (DESIGN.md "MFU convention"). On CPU the peak
+`research.models.model_flops_per_example` (the convention in docs/architecture.md). On CPU the peak
 is a 2048^3 matmul in the run's dtype, measured before and after the cases (the best
 kept); on accelerators the dense peak of the device and dtype (H100: 989 TFLOP/s bf16),
 or `--peak_tflops`. `--set KEY=VALUE` overrides a model hyperparameter in every case, e.g.
@@ -47,9 +47,8 @@ import numpy as np
 
 from research import config as config_lib
 from research.training import hardware, optim, steps
-from research import models
+from research import models, objectives
 from research.parallel import sharding
-from research.models import flops
 
 # ---------------------------------------------------------------------------------------
 # Cases: every (model family, size) the benchmark knows
@@ -160,7 +159,8 @@ class JaxRunner:
       self.state = jax.jit(lambda rng: nn.unbox(init_fn(rng)),
                            out_shardings=state_sharding)(jax.random.key(seed))
       self.batch = jax.device_put(batch, batch_sharding)
-      train_fn = jax.jit(functools.partial(steps.train_step, seed=seed),
+      train_fn = jax.jit(functools.partial(steps.train_step, seed=seed,
+                                           objective=objectives.lookup('classification')()),
                          in_shardings=(state_sharding, batch_sharding),
                          out_shardings=(state_sharding, sharding.replicated(self.mesh)),
                          donate_argnums=(0,))
@@ -257,7 +257,7 @@ def bench_case(case: Case, *, device: jax.Device, dtype: str, batch_size: int,
   model_cfg = model_block(case, dtype)
   batch = make_batch(case, batch_size)
   jax_runner = JaxRunner(case, model_cfg, batch, device)
-  flops_per_example = flops.model_flops_per_example(jax_runner.model, case.input_shape)
+  flops_per_example = models.model_flops_per_example(jax_runner.model, case.input_shape)
   row: dict[str, Any] = {
       'model': case.family, 'size': case.size, 'params': int(jax_runner.num_params),
       'batch': batch_size, 'input_shape': list(case.input_shape), 'dtype': dtype,

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from research import models
+from research import models, objectives
 from research.training import optim, steps
 from research.config import default_config
 from research.data import pipeline, sources
@@ -59,7 +59,9 @@ def bench_dataset(name: str, batch_size: int, repeats: int, calls: int) -> dict:
   tx = optim.create_optimizer(config.optimizer, 1000)
   batch = jax.device_put(next(it))
   state = nn.unbox(steps.create_train_state(model, tx, batch['inputs'][:1], jax.random.key(0)))
-  step = jax.jit(functools.partial(steps.train_step, seed=0), donate_argnums=(0,))
+  step = jax.jit(functools.partial(steps.train_step, seed=0,
+                                   objective=objectives.lookup('classification')()),
+                 donate_argnums=(0,))
   state, metrics = step(state, batch)  # compile
   jax.block_until_ready(metrics)
 

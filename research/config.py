@@ -10,8 +10,10 @@ import difflib
 
 import ml_collections
 
-from research import models
+from research import models, objectives
 from research.data import preprocess
+from research.evaluation import evaluators
+from research.errors import ConfigError
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'linear')
@@ -38,6 +40,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint.best_mode = 'max'
   c.checkpoint.async_save = True
   c.checkpoint.resume = True    # continue from WORKDIR/checkpoints when it has one
+  # With several processes, how often they agree on a stop request (SIGTERM): an
+  # all-gather, so not every step. One process checks its own flag every step.
+  c.checkpoint.preemption_sync_every_steps = 10
 
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'mnist1d'    # an offline builder (research.data) or any tfds name
@@ -57,6 +62,18 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.model = models.model_config('cnn')
 
+  # What is learnt: research/objectives/ ('classification', 'masked_lm', ...). Its
+  # hyperparameters live in objective_args (objectives.args_config(name) lists them).
+  c.objective = 'classification'
+  c.objective_args = objectives.args_config('classification')
+
+  # Evaluators beyond the default one (the objective's metrics on each of
+  # dataset.eval_splits every eval_every_steps). Each entry, keyed by the name its results
+  # are logged under: {'evaluator': NAME, 'split': SPLIT, 'every_steps': N (0: at the end
+  # only; -1: eval_every_steps), **the evaluator's own arguments}. See
+  # research/evaluation/evaluators.py.
+  c.evals = ml_collections.ConfigDict()
+
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adam'     # one of OPTIMIZERS
   c.optimizer.learning_rate = 1e-2
@@ -70,6 +87,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.nesterov = False  # sgd only
   c.optimizer.weight_decay = 0.0  # adamw: decoupled; adam/sgd: added to the gradient (L2)
   c.optimizer.grad_clip_norm = 0.0  # 0: no clipping
+  # Parameter groups: regexes over parameter paths such as 'block_0/attention/query/kernel'
+  # (research/training/optim.py). Each must match some parameter.
+  c.optimizer.freeze = ''       # not updated, no optimizer state, e.g. '^(?!head/)' (linear probe)
+  c.optimizer.lr_multipliers = ''  # 'REGEX=MULT; REGEX=MULT', first match wins, e.g. '^head/=10'
+  c.optimizer.no_weight_decay = ''  # e.g. 'bias$|scale$'
+
+  # A jax.profiler trace of a few steps, written to WORKDIR/profile (TensorBoard / Perfetto).
+  c.profile = ml_collections.ConfigDict()
+  c.profile.start_step = 0      # 0: no profile
+  c.profile.num_steps = 5
 
   # Start from another run's weights (fine-tuning); ignored when resuming this run.
   c.init_from = ml_collections.ConfigDict()
@@ -107,7 +134,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the bad value and what is accepted."""
   def positive(key: str, value) -> None:
     if not isinstance(value, int) or value <= 0:
-      raise ValueError(f'config.{key} must be a positive integer, got {value!r}.')
+      raise ConfigError(f'config.{key} must be a positive integer, got {value!r}.')
 
   positive('batch_size', config.batch_size)
   positive('eval_batch_size', config.eval_batch_size)
@@ -115,46 +142,54 @@ def validate(config: ml_collections.ConfigDict) -> None:
   positive('log_every_steps', config.log_every_steps)
   positive('grad_accum_steps', config.grad_accum_steps)
   if config.eval_every_steps < 0:
-    raise ValueError(f'config.eval_every_steps must be >= 0, got {config.eval_every_steps}.')
+    raise ConfigError(f'config.eval_every_steps must be >= 0, got {config.eval_every_steps}.')
   if config.batch_size % config.grad_accum_steps:
-    raise ValueError(f'config.batch_size={config.batch_size} must be divisible by '
+    raise ConfigError(f'config.batch_size={config.batch_size} must be divisible by '
                      f'config.grad_accum_steps={config.grad_accum_steps}.')
   if config.nan_policy not in NAN_POLICIES:
-    raise ValueError(f'Unknown nan_policy {config.nan_policy!r}; available: {list(NAN_POLICIES)}.')
+    raise ConfigError(f'Unknown nan_policy {config.nan_policy!r}; available: {list(NAN_POLICIES)}.')
   for key in ('checkpoint.every_steps', 'dataset.prefetch_threads', 'dataset.batches_per_chunk'):
     block, field = key.split('.')
     if config[block][field] < 0:
-      raise ValueError(f'config.{key} must be >= 0, got {config[block][field]}.')
-  split_keys = [results_key(s) for s in eval_splits(config)]
+      raise ConfigError(f'config.{key} must be >= 0, got {config[block][field]}.')
+  split_keys = [results_key(s) for s in eval_splits(config)] + list(config.evals.keys())
   for key in ('checkpoint.best_metric', 'early_stopping.metric'):
     block, field = key.split('.')
     value = config[block][field]
     if value and (value.count('/') != 1 or value.split('/')[0] not in split_keys):
-      raise ValueError(f"config.{key} must be 'SPLIT/METRIC' for an eval split in "
+      raise ConfigError(f"config.{key} must be 'SPLIT/METRIC' for an eval split in "
                        f"config.dataset.eval_splits ({config.dataset.eval_splits!r}), e.g. "
                        f"'test/accuracy'; got {value!r}.")
   for key in ('checkpoint.best_mode', 'early_stopping.mode'):
     block, field = key.split('.')
     if config[block][field] not in ('max', 'min'):
-      raise ValueError(f"config.{key} must be 'max' or 'min', got {config[block][field]!r}.")
+      raise ConfigError(f"config.{key} must be 'max' or 'min', got {config[block][field]!r}.")
   if config.early_stopping.metric and (config.early_stopping.patience < 1 or
                                        not config.eval_every_steps):
-    raise ValueError('Early stopping needs config.early_stopping.patience >= 1 and '
+    raise ConfigError('Early stopping needs config.early_stopping.patience >= 1 and '
                      f'config.eval_every_steps > 0; got patience='
                      f'{config.early_stopping.patience}, eval_every_steps={config.eval_every_steps}.')
   opt = config.optimizer
   if opt.name not in OPTIMIZERS:
-    raise ValueError(f'Unknown optimizer {opt.name!r}; available: {list(OPTIMIZERS)}.')
+    raise ConfigError(f'Unknown optimizer {opt.name!r}; available: {list(OPTIMIZERS)}.')
   if opt.schedule not in SCHEDULES:
-    raise ValueError(f'Unknown schedule {opt.schedule!r}; available: {list(SCHEDULES)}.')
+    raise ConfigError(f'Unknown schedule {opt.schedule!r}; available: {list(SCHEDULES)}.')
   if opt.learning_rate <= 0:
-    raise ValueError(f'config.optimizer.learning_rate must be > 0, got {opt.learning_rate}.')
+    raise ConfigError(f'config.optimizer.learning_rate must be > 0, got {opt.learning_rate}.')
   if not 0 <= opt.warmup_steps <= config.num_train_steps:
-    raise ValueError(f'config.optimizer.warmup_steps={opt.warmup_steps} must be in '
+    raise ConfigError(f'config.optimizer.warmup_steps={opt.warmup_steps} must be in '
                      f'[0, num_train_steps={config.num_train_steps}].')
   preprocess.parse_spec(config.dataset.preprocess)  # unknown ops fail here, listing valid ones
   # Unknown model names and hyperparameters are reported by models.build_model.
   models.hyperparameters(config.model.name)
+  objectives.hyperparameters(config.objective)
+  evaluators.specs(config)  # unknown evaluators and their arguments fail here
+  if config.profile.start_step < 0 or config.profile.num_steps < 1:
+    raise ConfigError(f'config.profile needs start_step >= 0 and num_steps >= 1; got '
+                      f'{config.profile.start_step}, {config.profile.num_steps}.')
+  if config.checkpoint.preemption_sync_every_steps < 1:
+    raise ConfigError('config.checkpoint.preemption_sync_every_steps must be >= 1, got '
+                      f'{config.checkpoint.preemption_sync_every_steps}.')
 
 
 def results_key(split: str) -> str:

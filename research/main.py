@@ -12,10 +12,12 @@ import re
 import runpy
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from research import config as config_lib
+from research.errors import ConfigError
 from research.training import preemption
 from research.evaluation import reporting
 from research import training
@@ -65,8 +67,12 @@ def main(argv: list[str]) -> None:
   except preemption.Preempted as e:
     logging.warning('%s', e)
     sys.exit(preemption.PREEMPTED_EXIT_CODE)
-  print(reporting.results_table(results, _CONFIG.value))
-  print(f'Outputs in {_WORKDIR.value}: config.json, metrics.jsonl, results.json')
+  except ConfigError as e:  # a user mistake: one line, no traceback
+    print(f'Error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if jax.process_index() == 0:  # one table per run, not one per process
+    print(reporting.results_table(results, _CONFIG.value))
+    print(f'Outputs in {_WORKDIR.value}: config.json, metrics.jsonl, results.json')
 
 
 def run() -> None:

@@ -18,3 +18,20 @@ def repo_root() -> str:
 @pytest.fixture
 def python() -> str:
   return sys.executable
+
+
+@pytest.fixture
+def mock_tfds(monkeypatch):
+  """`tfds.testing.mock_data`, with its data source's batched read repaired.
+
+  tfds 4.9.10 assigns `__getitems__` on a MagicMock as a plain attribute, so it is called
+  without `self` and every batched read raises TypeError; per-item reads work.
+  """
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.testing import mocking
+
+  def getitems(record_keys, generator, serialized=False):
+    assert not serialized
+    return [generator[k] for k in record_keys]
+  monkeypatch.setattr(mocking, '_getitems', getitems)
+  return tfds.testing.mock_data

@@ -59,6 +59,7 @@ def run(spec: dict) -> dict:
   if 'test' in results:
     out['test_examples'] = results['test']['num_examples']
     out['test_confusion_total'] = sum(map(sum, results['test']['confusion_matrix']))
+    out['test_loss'] = results['test']['loss']
   if jax.process_index() == 0:
     out['losses'] = train_losses(spec['workdir'])
   return out

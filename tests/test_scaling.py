@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from research import models, training
+from research import models, objectives, training
 from research.training import steps
 from tests import multidevice
 from tests.helpers import REPO_ROOT
@@ -57,7 +57,27 @@ def eight_device_runs(tmp_path_factory):
   specs = [{'name': f'{model}/{mesh}', 'model': model, 'workdir': str(tmp / model / mesh),
             'overrides': overrides}
            for model in MODELS for mesh, overrides in MESHES.items()]
+  specs.append({'name': 'cnn_batchnorm/dp8', 'model': 'cnn', 'workdir': str(tmp / 'cnn_bn'),
+                'overrides': BATCHNORM_DP8})
   return _run_specs(specs, 8, tmp, 'eight')
+
+
+# BatchNorm over the global batch: its statistics (and running averages) must not depend
+# on how the batch is split over devices. Evaluated at the end, with running averages.
+BATCHNORM_DP8 = {'mesh.data': 8, 'mesh.fsdp': 1, 'mesh.tensor': 1, 'model.norm': 'batch',
+                 'dataset.eval_splits': 'test'}
+
+
+def test_batchnorm_data_parallel_matches_single_device(eight_device_runs, tmp_path):
+  reference = multidevice.run({'model': 'cnn', 'workdir': str(tmp_path / 'one'),
+                               'overrides': {**BATCHNORM_DP8, 'mesh.data': 1}})
+  run = eight_device_runs['cnn_batchnorm/dp8']
+  assert run['results']['devices'] == 8 and reference['results']['devices'] == 1
+  np.testing.assert_allclose(run['losses'], reference['losses'], rtol=RTOL)
+  np.testing.assert_allclose(run['test_loss'], reference['test_loss'], rtol=RTOL)
+  print(f"BatchNorm CNN, 20 steps: final train loss {run['losses'][-1]:.6f} on 8 devices vs "
+        f"{reference['losses'][-1]:.6f} on 1; test loss {run['test_loss']:.6f} vs "
+        f"{reference['test_loss']:.6f}")
 
 
 @pytest.mark.parametrize('model', MODELS)
@@ -124,8 +144,10 @@ def test_grad_accumulation_equals_one_big_batch():
            'labels': rng.integers(0, 10, 64).astype(np.int32),
            'mask': np.ones(64, bool)}
   state = nn.unbox(steps.create_train_state(model, tx, batch['inputs'][:1], jax.random.key(0)))
-  one, m1 = jax.jit(lambda s, b: steps.train_step(s, b, seed=0))(state, batch)
-  four, m4 = jax.jit(lambda s, b: steps.train_step(s, b, seed=0, grad_accum_steps=4))(state, batch)
+  objective = objectives.lookup('classification')()
+  one, m1 = jax.jit(lambda s, b: steps.train_step(s, b, objective=objective, seed=0))(state, batch)
+  four, m4 = jax.jit(lambda s, b: steps.train_step(s, b, objective=objective, seed=0,
+                                                   grad_accum_steps=4))(state, batch)
   np.testing.assert_allclose(m1['loss'], m4['loss'], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -14,7 +14,7 @@ import pytest
 from research import config as config_lib
 from research import models
 from research.parallel import sharding
-from research.models import flops
+from research import models
 from research.models.transformer import TransformerEncoder
 
 NUM_CLASSES = 10
@@ -330,8 +330,8 @@ def test_flops_match_compiled_step(name, overrides, example_shape, dtype):
   model = models.build_model(model_cfg, NUM_CLASSES)
   x = jnp.ones((4,) + example_shape, dtype)
   compiled = _compiled_flops_per_example(model, x)
-  estimate = flops.model_flops_per_example(model_cfg, example_shape, num_classes=NUM_CLASSES)
-  assert estimate == flops.model_flops_per_example(model, example_shape)
+  estimate = models.model_flops_per_example(model_cfg, example_shape, num_classes=NUM_CLASSES)
+  assert estimate == models.model_flops_per_example(model, example_shape)
   print(f'{name} {overrides.get("frontend", "")}: formula {estimate:.4g} FLOPs/example, '
         f'compiled cost_analysis {compiled:.4g} (ratio {compiled / estimate:.3f})')
   assert abs(compiled / estimate - 1) < 0.10
@@ -339,7 +339,7 @@ def test_flops_match_compiled_step(name, overrides, example_shape, dtype):
 
 def test_flops_need_num_classes_for_a_config():
   with pytest.raises(ValueError, match='num_classes'):
-    flops.model_flops_per_example(models.model_config('transformer'), (40,))
+    models.model_flops_per_example(models.model_config('transformer'), (40,))
 
 
 # ---- Configs -----------------------------------------------------------------------------

@@ -3,10 +3,10 @@
   python -m research.main --config=configs/imdb/text_classifier.py --workdir=runs/imdb_tx
 
 Needs `imdb_reviews` prepared (network, or a data_dir where it was downloaded). Inputs
-are token ids `x_BxL` (L = max_length = 512) from the byte tokenizer
-(`research.data.tokenizers.ByteTokenizer`: vocab 260, pad id 0); the padding mask is
-`tokens != 0`. The model prepends its own learned class token, so the tokenizer should not
-add a [CLS] id. Sized for an accelerator: on a CPU, shrink it
+are token ids `x_BxL` (L = max_length = 512) from the byte tokenizer op
+(`tokenize_bytes`, `research.data.tokenizers.ByteTokenizer`: vocab 260, pad id 0); its
+`input_mask` reaches the encoder as the attention and pooling mask. The model prepends
+its own learned class token, so the tokenizer adds no [CLS] id. Sized for an accelerator: on a CPU, shrink it
 (`--config.model.num_layers=2 --config.model.hidden_size=64`).
 """
 from research import models
@@ -21,6 +21,7 @@ def get_config():
   config.dataset.name = 'imdb_reviews'
   config.dataset.train_split = 'train'
   config.dataset.eval_splits = 'test'
+  config.dataset.preprocess = f'tokenize_bytes(max_len={MAX_LENGTH})'
   config.model = models.model_config(
       'transformer',
       frontend='text',

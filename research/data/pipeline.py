@@ -2,7 +2,8 @@
 
 Element k of the pipeline is global batch k. For data held in host memory, batches are
 gathered with one vectorised `np.take(inputs, idx)`, not example by example: a per-example
-Python map is several times slower than the models' training steps (DESIGN.md).
+Python map is several times slower than the models' training steps (the README's Data
+section has the measured numbers).
 
 - Training: an endless stream; epoch e uses the permutation `default_rng([seed, e])`, so
   shuffling differs per epoch and is a function of the seed. The incomplete last batch of

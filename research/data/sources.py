@@ -15,7 +15,8 @@ import tensorflow_datasets as tfds
 
 from research.data import builders  # noqa: F401  (registers the offline builders)
 
-OFFLINE_DATASETS = ('mnist1d', 'mnist1d/shuffled', 'mnist_subset', 'sklearn_digits')
+OFFLINE_DATASETS = ('mnist1d', 'mnist1d/shuffled', 'mnist_subset', 'newsgroups20', 'reuters_r52',
+                    'reuters_r8', 'rotten_tomatoes', 'sklearn_digits')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,7 @@ class SplitArrays:
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   name: str
-  num_classes: int
+  num_classes: int  # 0: the label is a float regression target
   input_key: str
   label_key: str
   split_sizes: dict[str, int]
@@ -83,11 +84,14 @@ def dataset_info(builder: tfds.core.DatasetBuilder,
       raise ValueError(f'Dataset {dataset_cfg.name!r} has no {role} feature {key!r}; set '
                        f'config.dataset.{role}_key to one of {feature_names}.')
   label_feature = info.features[label_key]
-  if not hasattr(label_feature, 'num_classes'):
-    raise ValueError(f'Feature {label_key!r} of {dataset_cfg.name!r} is not a class label.')
+  # A class label gives num_classes; a float feature is a regression target (num_classes 0).
+  num_classes = getattr(label_feature, 'num_classes', None)
+  if num_classes is None and np.dtype(getattr(label_feature, 'np_dtype', np.int64)).kind != 'f':
+    raise ValueError(f'Feature {label_key!r} of {dataset_cfg.name!r} is neither a class label '
+                     'nor a float regression target.')
   return DatasetInfo(
       name=dataset_cfg.name,
-      num_classes=label_feature.num_classes,
+      num_classes=num_classes or 0,
       input_key=input_key,
       label_key=label_key,
       split_sizes={k: v.num_examples for k, v in info.splits.items()},
@@ -115,6 +119,9 @@ def load_split(builder: tfds.core.DatasetBuilder, info: DatasetInfo, split: str)
     inputs[:] = [r[info.input_key] for r in records]
   else:
     inputs = np.stack([np.asarray(r[info.input_key]) for r in records])
+  if not info.num_classes:  # a regression target
+    labels = np.asarray([r[info.label_key] for r in records], dtype=np.float32)
+    return SplitArrays(inputs=inputs, labels=labels)
   labels = np.asarray([r[info.label_key] for r in records], dtype=np.int32)
   bad = (labels < 0) | (labels >= info.num_classes)
   if bad.any():

@@ -113,6 +113,7 @@ class Im2colConv(nn.Module):
   strides: Sequence[int]
   padding: Sequence[tuple[int, int]]
   dtype: Any = None
+  use_bias: bool = True
   kernel_init: Any = default_kernel_init
   bias_init: Any = default_bias_init
 
@@ -120,7 +121,7 @@ class Im2colConv(nn.Module):
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     window = tuple(self.kernel_size)
     kernel = self.param('kernel', self.kernel_init, window + (x.shape[-1], self.features))
-    bias = self.param('bias', self.bias_init, (self.features,))
+    bias = self.param('bias', self.bias_init, (self.features,)) if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     x = jnp.pad(x, [(0, 0), *[tuple(p) for p in self.padding], (0, 0)])
     out_sizes = [(n - k) // s + 1 for n, k, s in zip(x.shape[1:-1], window, self.strides)]
@@ -130,11 +131,13 @@ class Im2colConv(nn.Module):
                                        in zip(offset, self.strides, out_sizes))]
               for offset in itertools.product(*(range(k) for k in window))]
     patches = jnp.concatenate(pieces, axis=-1)
-    return matmul(patches, kernel.reshape(-1, self.features)) + bias
+    y = matmul(patches, kernel.reshape(-1, self.features))
+    return y + bias if bias is not None else y
 
 
 def conv(features: int, kernel_size: Sequence[int], strides: Sequence[int], padding,
-         name: str | None = None, dtype=None, impl: str = 'xla') -> nn.Module:
+         name: str | None = None, dtype=None, impl: str = 'xla', use_bias: bool = True
+         ) -> nn.Module:
   """A convolution: `nn.Conv` ('xla'), `Im2colConv` ('im2col'), or 'auto' (im2col on CPU)."""
   if impl not in CONV_IMPLS:
     raise ValueError(f'Unknown conv impl {impl!r}; accepted: {list(CONV_IMPLS)}.')
@@ -144,6 +147,7 @@ def conv(features: int, kernel_size: Sequence[int], strides: Sequence[int], padd
   window_axes = ('conv_window',) + tuple(f'conv_window_{i}' for i in range(1, len(kernel_size)))
   kwargs = dict(
       kernel_size=tuple(kernel_size), strides=tuple(strides), padding=padding, dtype=dtype,
+      use_bias=use_bias,
       kernel_init=nn.with_logical_partitioning(
           default_kernel_init, window_axes + ('conv_in', 'conv_out')),
       bias_init=nn.with_logical_partitioning(default_bias_init, ('conv_out',)),

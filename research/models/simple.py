@@ -5,6 +5,7 @@ Every module returns logits `logits_BxK`.
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -17,9 +18,20 @@ def _flatten(x: jnp.ndarray) -> jnp.ndarray:
   return x.reshape(x.shape[0], -1)
 
 
+def _dense_macs(width: int, hidden_sizes: Sequence[int], num_classes: int) -> int:
+  macs = 0
+  for hidden in hidden_sizes:
+    macs += width * hidden
+    width = hidden
+  return macs + width * num_classes
+
+
 class LogisticRegression(nn.Module):
   """A single linear layer on the flattened input."""
   num_classes: int
+
+  def flops_per_example(self, input_shape: Sequence[int]) -> int:
+    return 6 * _dense_macs(math.prod(input_shape), (), self.num_classes)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -40,6 +52,9 @@ class MLP(nn.Module):
   residual: bool = True
   activation: str = 'relu'
   dropout_rate: float = 0.0
+
+  def flops_per_example(self, input_shape: Sequence[int]) -> int:
+    return 6 * _dense_macs(math.prod(input_shape), self.hidden_sizes, self.num_classes)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -65,6 +80,9 @@ class CNN(nn.Module):
   `conv_impl`: 'xla' (`nn.Conv`), 'im2col' (slices + one matmul, `layers.Im2colConv`: the
   same maths and parameters, faster to train on CPU) or 'auto' (im2col on CPU, xla on
   GPU/TPU).
+  `norm='batch'` adds BatchNorm after each convolution, before the activation: batch
+  statistics in training (over the global batch, on any mesh), running averages
+  (`batch_stats`, updated with `batch_norm_momentum`) in evaluation.
   """
   num_classes: int
   features: Sequence[int] = (25, 25, 25)
@@ -76,6 +94,20 @@ class CNN(nn.Module):
   activation: str = 'relu'
   dropout_rate: float = 0.0
   conv_impl: str = 'auto'
+  norm: str = 'none'
+  batch_norm_momentum: float = 0.9
+
+  def flops_per_example(self, input_shape: Sequence[int]) -> int:
+    if len(input_shape) == 1:  # x_L: one channel
+      input_shape = (input_shape[0], 1)
+    spatial, channels = list(input_shape[:-1]), input_shape[-1]
+    macs = 0
+    for width, k, s in zip(self.features, self.kernel_sizes, self.strides):
+      spatial = [(n + 2 * self.padding - k) // s + 1 for n in spatial]
+      macs += math.prod(spatial) * k ** len(spatial) * channels * width
+      channels = width
+    flat = channels * (math.prod(spatial) if self.pooling == 'flatten' else 1)
+    return 6 * (macs + _dense_macs(flat, self.hidden_sizes, self.num_classes))
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -86,6 +118,8 @@ class CNN(nn.Module):
           f'strides={tuple(self.strides)}.')
     if self.pooling not in ('flatten', 'mean'):
       raise ValueError(f"CNN pooling must be 'flatten' or 'mean', got {self.pooling!r}.")
+    if self.norm not in ('none', 'batch'):
+      raise ValueError(f"CNN norm must be 'none' or 'batch', got {self.norm!r}.")
     act = layers.activation(self.activation)
     x = layers.pixels_to_unit(x)
     if x.ndim == 2:  # x_BxL: a single-channel sequence
@@ -95,7 +129,14 @@ class CNN(nn.Module):
     for i, (width, k, s) in enumerate(zip(self.features, self.kernel_sizes, self.strides)):
       h = layers.conv(width, (k,) * spatial_dims, (s,) * spatial_dims,
                       [(self.padding, self.padding)] * spatial_dims, name=f'conv_{i}',
-                      impl=self.conv_impl)(h)
+                      impl=self.conv_impl, use_bias=self.norm == 'none')(h)
+      if self.norm == 'batch':
+        h = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum,
+                         scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                                 ('conv_out',)),
+                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                                ('conv_out',)),
+                         name=f'norm_{i}')(h)
       h = act(h)
     if self.pooling == 'flatten':
       h_BxD = _flatten(h)

@@ -23,7 +23,7 @@ with, and the only one with attention dropout.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -256,6 +256,46 @@ class TransformerEncoder(nn.Module):
   @property
   def uses_class_token(self) -> bool:
     return self.head == 'classify' and self.pooling == 'cls'
+
+  # Batch fields the trainer passes to __call__, as {batch field: keyword argument}.
+  batch_inputs = {'input_mask': 'mask_BxL'}
+
+  def flops_terms(self, input_shape: Sequence[int]) -> dict[str, int]:
+    """The terms of the training FLOPs per example (`research.models` convention), and
+    their 'total'."""
+    self.check()
+    d, f, layers_ = self.hidden_size, self.mlp_dim, self.num_layers
+    if self.frontend == 'features':
+      num_tokens = input_shape[0]
+      frontend_macs = num_tokens * (input_shape[1] if len(input_shape) > 1 else 1) * d
+    elif self.frontend == 'image':
+      h, w = input_shape[:2]
+      channels = input_shape[2] if len(input_shape) > 2 else 1
+      p = self.patch_size
+      num_tokens = (h // p) * (w // p)
+      frontend_macs = num_tokens * p * p * channels * d
+    else:
+      num_tokens = input_shape[0]
+      frontend_macs = 0  # an embedding lookup, not a matmul
+    seq_len = num_tokens + (1 if self.uses_class_token else 0)
+    # q, k, v, out projections (4 d^2) and the two MLP matmuls (2 d f), per token per layer.
+    block_macs = layers_ * seq_len * (4 * d * d + 2 * d * f)
+    if self.head == 'masked_lm':
+      head_macs = seq_len * d * self.vocab_size
+    else:
+      head_macs = d * self.num_classes  # applied once, to the pooled token
+    terms = {
+        'frontend': 6 * frontend_macs,
+        'blocks': 6 * block_macs,
+        'head': 6 * head_macs,
+        # Q K^T and att V: 2 x seq_len x d MACs per token per layer, x 6; not halved.
+        'attention': 12 * layers_ * seq_len * d * seq_len,
+    }
+    terms['total'] = sum(terms.values())
+    return terms
+
+  def flops_per_example(self, input_shape: Sequence[int]) -> int:
+    return self.flops_terms(input_shape)['total']
 
   def check(self) -> None:
     """Raises ValueError naming the bad field, its value and the accepted values."""

@@ -90,6 +90,8 @@ def tree_shardings(abstract_boxed_tree, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
   The result has the *unboxed* tree's structure: each box becomes one sharding.
   """
   def leaf_sharding(x):
+    if isinstance(x, nn.Partitioned) and not hasattr(x.value, 'shape'):
+      return x.value  # e.g. optax's MaskedNode for a frozen parameter: no array, no sharding
     if isinstance(x, nn.Partitioned):
       spec = nn.logical_to_mesh_axes(x.names, rules)
       return NamedSharding(mesh, _fit_spec(spec, x.value.shape, mesh))

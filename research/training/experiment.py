@@ -1,4 +1,5 @@
-"""What training and evaluation share: mesh, data, model, state shapes and shardings, eval.
+"""What training and evaluation share: mesh, data, objective, model, optimizer, state
+shapes and shardings, the compiled steps.
 
 `build(config)` sets up everything up to (not including) the state's values, so the
 trainer can initialise or resume, and `research.evaluate` can restore a checkpoint into
@@ -17,12 +18,12 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
-from research import config as config_lib
-from research.evaluation import metrics as metrics_lib
-from research import models
-from research.training import optim, steps
-from research.parallel import sharding
+from research import models, objectives
 from research.data import pipeline, preprocess, sources
+from research.errors import ConfigError
+from research.evaluation import evaluators
+from research.parallel import sharding
+from research.training import optim, steps
 
 
 @dataclasses.dataclass
@@ -32,15 +33,19 @@ class Experiment:
   batch_sharding: NamedSharding
   info: sources.DatasetInfo
   train_split: sources.SplitArrays | None
-  eval_splits: dict[str, sources.SplitArrays]  # keyed as results.json keys them
+  eval_splits: dict[str, sources.SplitArrays]  # keyed by tfds split name
+  objective: objectives.Objective
   model: nn.Module
+  input_fields: dict[str, str]                 # batch field -> model keyword (input_mask)
   init_fn: Callable[[jax.Array], Any]          # rng -> boxed TrainState
   abstract_state: Any                          # ShapeDtypeStructs carrying target shardings
   state_sharding: Any
-  eval_fn: Callable
+  eval_fn: Callable                            # (state, batch, batch index) -> statistics
+  predict_fn: Callable                         # (state, batch) -> model outputs
   train_fn: Callable                           # jitted, donating; compiles on first call
   example_shape: tuple[int, ...]               # one model input, after preprocessing
   example_dtype: np.dtype                      # as the pipeline ships it (uint8 images stay uint8)
+  example_batch: dict[str, np.ndarray]         # one preprocessed example, every field
   preprocess: preprocess.Preprocess  # train_fn augments; eval_fn is what evaluation sees
 
   def initial_state(self) -> steps.TrainState:
@@ -52,9 +57,8 @@ class Experiment:
   def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
     """The global training batch's shapes, dtypes and sharding (for ahead-of-time compiles)."""
     batch = self.config.batch_size
-    spec = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=self.batch_sharding)  # noqa: E731
-    return {'inputs': spec((batch, *self.example_shape), self.example_dtype),
-            'labels': spec((batch,), np.int32), 'mask': spec((batch,), np.bool_)}
+    return {k: jax.ShapeDtypeStruct((batch, *v.shape[1:]), v.dtype, sharding=self.batch_sharding)
+            for k, v in self.example_batch.items()}
 
   def train_step_memory(self) -> dict[str, int]:
     """Per-device bytes of the compiled train step (XLA's `memory_analysis()`)."""
@@ -71,35 +75,44 @@ class Experiment:
         'temporaries': analysis.temp_size_in_bytes,
     }
 
-  def evaluate(self, state: steps.TrainState, split_name: str) -> dict[str, Any]:
-    """Metrics over a whole split: padded last batch, every example counted once."""
-    totals = None
+  def eval_batches(self, split: str):
+    """`(index, global batch)` over a whole split: padded last batch (mask False there),
+    every example once; run under the mesh, so jitted steps see its shardings."""
+    if split not in self.eval_splits:
+      raise ConfigError(f'Split {split!r} was not loaded for evaluation; loaded: '
+                        f'{sorted(self.eval_splits)}.')
     with sharding.activate(self.mesh):
-      for local_batch in pipeline.eval_dataset(
-          self.eval_splits[split_name], self.config.eval_batch_size,
+      for i, local_batch in enumerate(pipeline.eval_dataset(
+          self.eval_splits[split], self.config.eval_batch_size,
           process_index=jax.process_index(), process_count=jax.process_count(),
-          preprocess=self.preprocess.eval_fn):
-        out = self.eval_fn(state, sharding.global_batch(local_batch, self.batch_sharding))
-        totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
-    return metrics_lib.summarize(totals)
+          preprocess=self.preprocess.eval_fn)):
+        yield i, sharding.global_batch(local_batch, self.batch_sharding)
+
+  def evaluate(self, state: steps.TrainState, split: str) -> dict[str, Any]:
+    """The objective's metrics over a whole split (tfds split name)."""
+    totals = None
+    for i, batch in self.eval_batches(split):
+      totals = evaluators.replicated_sum(totals, self.eval_fn(state, batch, np.int32(i)))
+    return self.objective.summarize(totals)
 
 
 def check_batch_sizes(config: ml_collections.ConfigDict, data_parallel: int) -> None:
   micro = config.batch_size // config.grad_accum_steps
   if micro % data_parallel:
-    raise ValueError(
+    raise ConfigError(
         f'config.batch_size={config.batch_size} (micro-batch {micro} with grad_accum_steps='
         f'{config.grad_accum_steps}) must be divisible by the data-parallel size '
         f'{data_parallel} (mesh data x fsdp).')
   if config.eval_batch_size % data_parallel:
-    raise ValueError(f'config.eval_batch_size={config.eval_batch_size} must be divisible by '
+    raise ConfigError(f'config.eval_batch_size={config.eval_batch_size} must be divisible by '
                      f'the data-parallel size {data_parallel} (mesh data x fsdp).')
 
 
 def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
           eval_split_names: list[str] | None = None, workdir: str | None = None,
           devices=None) -> Experiment:
-  """`workdir` holds a tokenizer trained by the preprocessing (reused on resume and eval)."""
+  """`workdir` holds a tokenizer trained by the preprocessing (reused on resume and eval).
+  `eval_split_names` defaults to every split an evaluator of the config reads."""
   # ---- Mesh ----
   mesh = sharding.make_mesh(config.mesh, devices)
   check_batch_sizes(config, sharding.data_parallel_size(mesh))
@@ -115,51 +128,70 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
   spec = config.dataset.preprocess
   train_split = (sources.load_split(builder, info, config.dataset.train_split)
                  if load_train_split or preprocess.needs_train_split(spec) else None)
-  names = config_lib.eval_splits(config) if eval_split_names is None else eval_split_names
-  eval_splits = {config_lib.results_key(name): sources.load_split(builder, info, name) for name in names}
+  if eval_split_names is None:
+    eval_split_names = list(dict.fromkeys(spec.split for spec in evaluators.specs(config)))
+  eval_splits = {name: sources.load_split(builder, info, name) for name in eval_split_names}
   pp = preprocess.build_preprocess(
       spec, train_split, seed=config.seed, num_classes=info.num_classes,
       process_index=jax.process_index(), process_count=jax.process_count(), cache_dir=workdir)
   logging.info('Preprocessing %r: %s', spec, pp.summary())
   if pp.vocab_size and 'vocab_size' in config.model and config.model.vocab_size < pp.vocab_size:
-    raise ValueError(f'config.model.vocab_size={config.model.vocab_size} is smaller than the '
-                     f'tokenizer vocabulary ({pp.vocab_size}); set '
-                     f'--config.model.vocab_size={pp.vocab_size}.')
+    raise ConfigError(f'config.model.vocab_size={config.model.vocab_size} is smaller than the '
+                      f'tokenizer vocabulary ({pp.vocab_size}); set '
+                      f'--config.model.vocab_size={pp.vocab_size}.')
 
-  # ---- Model, optimizer, state shapes and shardings ----
-  model = models.build_model(config.model, info.num_classes)
-  tx = optim.create_optimizer(config.optimizer, config.num_train_steps)
+  # ---- Objective, model, optimizer, state shapes and shardings ----
+  objective = objectives.build(config, info=info, preprocess=pp)
+  model = models.build_model(config.model, objective.num_outputs(info))
+  input_fields = models.batch_inputs(model)
   any_split = train_split if train_split is not None else next(iter(eval_splits.values()))
-  example_inputs = pp.eval_fn({'inputs': any_split.inputs[:1], 'labels': any_split.labels[:1],
-                               'mask': np.ones(1, bool)}, 0)['inputs']
-  init_fn = functools.partial(steps.create_train_state, model, tx, example_inputs)
+  example_batch = pp.eval_fn({'inputs': any_split.inputs[:1], 'labels': any_split.labels[:1],
+                              'mask': np.ones(1, bool)}, 0)
+  missing = sorted(set(objective.batch_fields) - set(example_batch))
+  if missing:
+    raise ConfigError(f'Objective {config.objective!r} needs batch fields {missing}; the '
+                      f'preprocessed batch has {sorted(example_batch)}.')
+  example_inputs = example_batch['inputs']
+  example_kwargs = steps.model_inputs(example_batch, input_fields)
+
   try:
-    boxed = jax.eval_shape(init_fn, jax.random.key(config.seed))
+    boxed_params = jax.eval_shape(
+        lambda rng: model.init(rng, example_inputs, train=False, **example_kwargs)['params'],
+        jax.random.key(config.seed))
   except Exception as e:  # shape/dtype errors surface deep inside flax; say what met what
-    raise ValueError(
+    raise ConfigError(
         f'Model {config.model.name!r} ({dict(config.model)}) cannot take the inputs of '
         f'dataset {info.name!r}: one example has shape {tuple(example_inputs.shape[1:])} and '
         f'dtype {example_inputs.dtype} (after preprocessing {config.dataset.preprocess!r}). '
         f'{type(e).__name__}: {e}') from e
+  tx = optim.create_optimizer(config.optimizer, config.num_train_steps, params=boxed_params)
+  init_fn = functools.partial(steps.create_train_state, model, tx, example_inputs,
+                              model_kwargs=example_kwargs)
+  boxed = jax.eval_shape(init_fn, jax.random.key(config.seed))
   state_sharding = sharding.tree_shardings(boxed, mesh)
   abstract_state = jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       nn.unbox(boxed), state_sharding)
 
-  eval_fn = jax.jit(functools.partial(steps.eval_step, num_classes=info.num_classes),
-                    in_shardings=(state_sharding, batch_sharding),
+  step_kwargs = dict(objective=objective, seed=config.seed, input_fields=input_fields)
+  eval_fn = jax.jit(functools.partial(steps.eval_step, **step_kwargs),
+                    in_shardings=(state_sharding, batch_sharding, sharding.replicated(mesh)),
                     out_shardings=sharding.replicated(mesh))
+  predict_fn = jax.jit(functools.partial(steps.predict_step, input_fields=input_fields),
+                       in_shardings=(state_sharding, batch_sharding))
   train_fn = jax.jit(
-      functools.partial(steps.train_step, seed=config.seed,
+      functools.partial(steps.train_step, **step_kwargs,
                         grad_accum_steps=config.grad_accum_steps,
                         skip_nonfinite=config.nan_policy == 'skip'),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=(0,))
   return Experiment(config=config, mesh=mesh, batch_sharding=batch_sharding, info=info,
-                    train_split=train_split, eval_splits=eval_splits, model=model,
+                    train_split=train_split, eval_splits=eval_splits, objective=objective,
+                    model=model, input_fields=input_fields,
                     init_fn=init_fn, abstract_state=abstract_state,
-                    state_sharding=state_sharding, eval_fn=eval_fn, train_fn=train_fn,
-                    preprocess=pp,
+                    state_sharding=state_sharding, eval_fn=eval_fn, predict_fn=predict_fn,
+                    train_fn=train_fn, preprocess=pp,
                     example_shape=tuple(example_inputs.shape[1:]),
-                    example_dtype=example_inputs.dtype)
+                    example_dtype=example_inputs.dtype,
+                    example_batch=example_batch)

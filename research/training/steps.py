@@ -1,49 +1,83 @@
-"""Pure training and evaluation steps. The trainer compiles them once with `jax.jit`."""
+"""Pure training and evaluation steps; the objective supplies the loss and the statistics.
+
+The trainer compiles them once with `jax.jit`. Randomness comes from keys derived from
+(seed, step) (training) or (seed, batch index) (evaluation): no RNG lives in the state,
+so a resumed run draws the same dropout and masking as an uninterrupted one.
+"""
 from __future__ import annotations
 
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from research.evaluation import metrics as metrics_lib
+from research.objectives.base import Objective
 
-TrainState = train_state.TrainState
 Batch = dict[str, jax.Array]
 
-
-def _masked_loss_and_correct(logits_BxK: jax.Array, labels_B: jax.Array, mask_B: jax.Array):
-  losses_B = optax.softmax_cross_entropy_with_integer_labels(
-      logits_BxK.astype(jnp.float32), labels_B)
-  correct_B = (jnp.argmax(logits_BxK, axis=-1) == labels_B)
-  weight_B = mask_B.astype(jnp.float32)
-  return (losses_B * weight_B).sum(), (correct_B * weight_B).sum(), weight_B.sum()
+# Streams folded into the (seed, step) key, so dropout and objective draws are independent.
+_OBJECTIVE_STREAM = 1
+_EVAL_STREAM = 2
 
 
-def train_step(state: TrainState, batch: Batch, *, seed: int, grad_accum_steps: int = 1,
+class TrainState(train_state.TrainState):
+  """Params, optimizer state, and the model's other variable collections (`model_state`,
+  e.g. BatchNorm's `batch_stats`), which training updates and evaluation reads."""
+  model_state: flax.core.FrozenDict[str, Any] | dict[str, Any] = flax.struct.field(
+      default_factory=dict)
+
+
+def model_inputs(batch: Batch, input_fields: dict[str, str]) -> dict[str, jax.Array]:
+  """Keyword arguments for the model from batch fields it declared (e.g. input_mask)."""
+  return {kwarg: batch[field] for field, kwarg in input_fields.items() if field in batch}
+
+
+def apply_model(state: TrainState, params, batch: Batch, *, train: bool,
+                input_fields: dict[str, str], dropout_key: jax.Array | None = None,
+                model_state=None):
+  """`(outputs, new_model_state)`; collections in model_state are mutable in training."""
+  model_state = state.model_state if model_state is None else model_state
+  variables = {'params': params, **model_state}
+  kwargs = model_inputs(batch, input_fields)
+  if train:
+    rngs = {'dropout': dropout_key}
+    if model_state:
+      return state.apply_fn(variables, batch['inputs'], train=True, rngs=rngs,
+                            mutable=list(model_state), **kwargs)
+    return state.apply_fn(variables, batch['inputs'], train=True, rngs=rngs, **kwargs), {}
+  return state.apply_fn(variables, batch['inputs'], train=False, **kwargs), model_state
+
+
+def train_step(state: TrainState, batch: Batch, *, objective: Objective, seed: int,
+               input_fields: dict[str, str] | None = None, grad_accum_steps: int = 1,
                skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on `batch`, optionally accumulated over micro-batches.
 
-  The loss is the mean over the batch's real (mask=True) examples, whatever the
-  micro-batching, so 4 micro-batches of 16 give the gradient of one batch of 64.
-  Dropout keys are derived from (seed, step): no RNG lives in the state, and a resumed
-  run draws the same masks. With `skip_nonfinite`, an update whose loss or gradients are
-  not finite is dropped (params and optimizer state unchanged, step still advances).
+  The loss is the objective's sum over the batch divided by its total weight (real
+  examples, or chosen tokens), whatever the micro-batching. With `skip_nonfinite`, an
+  update whose loss or gradients are not finite is dropped (params and optimizer state
+  unchanged, step still advances).
   """
-  dropout_key = jax.random.fold_in(jax.random.key(seed), state.step)
+  input_fields = input_fields or {}
+  step_key = jax.random.fold_in(jax.random.key(seed), state.step)
+  dropout_key = step_key
+  batch = objective.prepare(batch, jax.random.fold_in(step_key, _OBJECTIVE_STREAM), True)
 
-  def summed_loss(params, micro: Batch, key):
-    logits = state.apply_fn({'params': params}, micro['inputs'], train=True,
-                            rngs={'dropout': key})
-    loss_sum, correct, count = _masked_loss_and_correct(logits, micro['labels'], micro['mask'])
-    return loss_sum, (correct, count)
+  def summed_loss(params, model_state, micro: Batch, key):
+    outputs, new_model_state = apply_model(state, params, micro, train=True,
+                                           input_fields=input_fields, dropout_key=key,
+                                           model_state=model_state)
+    loss_sum, weight, sums = objective.loss(outputs, micro)
+    return loss_sum, (weight, sums, new_model_state)
 
   grad_fn = jax.value_and_grad(summed_loss, has_aux=True)
   if grad_accum_steps == 1:
-    (loss_sum, (correct, count)), grad_sum = grad_fn(state.params, batch, dropout_key)
+    (loss_sum, (weight, sums, model_state)), grad_sum = grad_fn(
+        state.params, state.model_state, batch, dropout_key)
   else:
     micro_batches = jax.tree.map(
         lambda x: x.reshape((grad_accum_steps, x.shape[0] // grad_accum_steps) + x.shape[1:]),
@@ -51,38 +85,65 @@ def train_step(state: TrainState, batch: Batch, *, seed: int, grad_accum_steps: 
 
     def accumulate(carry, inputs):
       i, micro = inputs
-      (l, (c, n)), g = grad_fn(state.params, micro, jax.random.fold_in(dropout_key, i))
-      g_acc, l_acc, c_acc, n_acc = carry
-      return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, c_acc + c, n_acc + n), None
+      g_acc, l_acc, w_acc, s_acc, m_state = carry
+      (l, (w, s, m_state)), g = grad_fn(state.params, m_state, micro,
+                                        jax.random.fold_in(dropout_key, i))
+      return (jax.tree.map(jnp.add, g_acc, g), l_acc + l, w_acc + w,
+              jax.tree.map(jnp.add, s_acc, s), m_state), None
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    init = (zeros, jnp.zeros(()), jnp.zeros(()), jnp.zeros(()))
-    (grad_sum, loss_sum, correct, count), _ = jax.lax.scan(
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    _, (_, sums_shape, _) = jax.eval_shape(
+        lambda: summed_loss(state.params, state.model_state, first, dropout_key))
+    init = (zeros, jnp.zeros(()), jnp.zeros(()),
+            jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape), state.model_state)
+    (grad_sum, loss_sum, weight, sums, model_state), _ = jax.lax.scan(
         accumulate, init, (jnp.arange(grad_accum_steps), micro_batches))
-  denom = jnp.maximum(count, 1.0)
+  denom = jnp.maximum(weight, 1.0)
   grads = jax.tree.map(lambda g: g / denom, grad_sum)
   grad_norm = optax.tree.norm(grads)
   new_state = state.apply_gradients(grads=grads)
-  metrics = {'loss': loss_sum / denom, 'accuracy': correct / denom, 'grad_norm': grad_norm}
+  if model_state:
+    new_state = new_state.replace(model_state=model_state)
+  metrics = {'loss': loss_sum / denom, **{k: v / denom for k, v in sums.items()},
+             'grad_norm': grad_norm}
   if skip_nonfinite:
     finite = jnp.isfinite(loss_sum) & jnp.isfinite(grad_norm)
     kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                        (new_state.params, new_state.opt_state), (state.params, state.opt_state))
-    new_state = new_state.replace(params=kept[0], opt_state=kept[1])
+                        (new_state.params, new_state.opt_state, new_state.model_state),
+                        (state.params, state.opt_state, state.model_state))
+    new_state = new_state.replace(params=kept[0], opt_state=kept[1], model_state=kept[2])
     metrics['skipped'] = (~finite).astype(jnp.float32)
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: Batch, *, num_classes: int) -> dict[str, Any]:
-  """Summable statistics of the batch's real examples (`research.evaluation.metrics`); the caller
-  adds them up over the split and calls `metrics.summarize` once."""
-  logits_BxK = state.apply_fn({'params': state.params}, batch['inputs'], train=False)
-  return metrics_lib.batch_statistics(logits_BxK, batch['labels'], batch['mask'],
-                                      num_classes=num_classes)
+def eval_step(state: TrainState, batch: Batch, batch_index: jax.Array, *,
+              objective: Objective, seed: int,
+              input_fields: dict[str, str] | None = None) -> dict[str, Any]:
+  """The objective's summable statistics of the batch's real examples; the evaluator adds
+  them up over the split and summarises once."""
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), _EVAL_STREAM), batch_index)
+  batch = objective.prepare(batch, key, False)
+  outputs, _ = apply_model(state, state.params, batch, train=False,
+                           input_fields=input_fields or {})
+  return objective.eval_statistics(outputs, batch)
+
+
+def predict_step(state: TrainState, batch: Batch, *,
+                 input_fields: dict[str, str] | None = None) -> jax.Array:
+  """The model's outputs in evaluation mode (for evaluators and export)."""
+  outputs, _ = apply_model(state, state.params, batch, train=False,
+                           input_fields=input_fields or {})
+  return outputs
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation,
-                       example_inputs: jax.Array, rng: jax.Array) -> TrainState:
-  """The state with params still boxed (`nn.Partitioned`); unbox after sharding."""
-  variables = model.init(rng, example_inputs, train=False)
-  return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx)
+                       example_inputs: jax.Array, rng: jax.Array, *,
+                       model_kwargs: dict[str, Any] | None = None) -> TrainState:
+  """The state from `model.init` on an example batch (`model_kwargs`: its other inputs,
+  e.g. `mask_BxL`), params still boxed (`nn.Partitioned`); unbox after sharding.
+  Collections other than 'params' (BatchNorm's `batch_stats`) become `model_state`."""
+  variables = dict(model.init(rng, example_inputs, train=False, **(model_kwargs or {})))
+  params = variables.pop('params')
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                           model_state=variables)
