@@ -15,7 +15,6 @@ import ml_collections
 from absl import app, flags, logging
 
 from research.training import checkpoint as checkpoint_lib
-from research import config as config_lib
 from research.training import experiment
 from research import writers
 
@@ -56,7 +55,7 @@ def evaluate_run(workdir: str, checkpoint: str = 'latest', split: str = 'test') 
   state = checkpointer.restore_state(exp.abstract_state, step)
   checkpointer.close()
   result = {'step': step, 'checkpoint': checkpoint, 'split': split,
-            **exp.evaluate(state, config_lib.results_key(split))}
+            **exp.evaluate(state, split)}
   out_dir = writers.prepare_workdir(os.path.join(workdir, 'eval'))
   writers.write_json_atomic(os.path.join(out_dir, f'{split}-{step}.json'), result)
   return result
@@ -67,9 +66,12 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)
   result = evaluate_run(_WORKDIR.value, _CHECKPOINT.value, _SPLIT.value)
+  shown = [f'{k} {result[k]:.4f}' for k in ('loss', 'accuracy', 'macro_f1', 'masked_accuracy',
+                                             'perplexity') if k in result]
+  count = next((f'({int(result[k])} {k[4:]})' for k in ('num_examples', 'num_tokens')
+                if k in result), '')
   print(f"{_SPLIT.value} at step {result['step']} ({_CHECKPOINT.value}): "
-        f"loss {result['loss']:.4f}  accuracy {result['accuracy']:.4f}  "
-        f"macro F1 {result['macro_f1']:.4f}  ({result['num_examples']} examples)")
+        f"{'  '.join(shown)}  {count}")
   out_path = os.path.join(_WORKDIR.value, 'eval', f"{_SPLIT.value}-{result['step']}.json")
   print(f'Written to {out_path}')
 

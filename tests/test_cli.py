@@ -39,3 +39,30 @@ def test_cli_misspelt_nested_key_suggests_the_right_one(tmp_path):
   assert proc.returncode != 0
   assert 'Did you mean learning_rate' in proc.stderr
   assert 'Valid keys in config.optimizer:' in proc.stderr
+
+
+def test_cli_user_mistakes_are_one_line_without_traceback(tmp_path):
+  for override, expected in (('--config.model.name=cnnn', "Unknown model 'cnnn'"),
+                             ('--config.objective=clasification', "Unknown objective"),
+                             ('--config.optimizer.freeze=^nothing/', 'matches no parameter')):
+    proc = run_module('research.main', '--config=configs/mnist1d/cnn.py',
+                      f'--workdir={tmp_path / "run"}', override)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith('Error: ')]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr[-2000:]
+
+
+def test_rerunning_a_finished_run_changes_nothing(tmp_path):
+  args = ('research.main', '--config=configs/mnist1d/mlp.py', f'--workdir={tmp_path}',
+          '--config.num_train_steps=20', '--config.log_every_steps=10',
+          '--config.progress_bar=False', '--config.write_report=False')
+  first = run_module(*args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  before = {name: (tmp_path / name).read_bytes() for name in ('metrics.jsonl', 'results.json')}
+  again = run_module(*args)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert 'already complete' in again.stderr
+  assert '| test |' in again.stdout  # the saved results, shown again
+  for name, content in before.items():
+    assert (tmp_path / name).read_bytes() == content, name

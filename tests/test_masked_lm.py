@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tests import checkpoint_utils as cu
-from tests.helpers import read_jsonl
+from tests.helpers import REPO_ROOT, read_jsonl
 
 CONFIG = 'configs/rotten_tomatoes/mlm.py'
 STEPS, EVERY = 160, 40
@@ -66,3 +66,25 @@ def test_masked_lm_resume_after_sigkill_is_bitwise_exact(uninterrupted, tmp_path
   losses = lambda w: [(r['step'], r['loss']) for r in read_jsonl(os.path.join(w, 'metrics.jsonl'))  # noqa: E731
                       if r['split'] == 'train']
   assert losses(workdir) == losses(uninterrupted)  # the same masks, batches and dropout
+
+
+def test_classifier_starts_from_the_pretrained_encoder(uninterrupted):
+  """configs/rotten_tomatoes/classifier.py with init_from the pretraining run: every
+  encoder weight is the pretrained one; only the new head is freshly initialised."""
+  import runpy
+
+  import numpy as np
+
+  from research.training import experiment, init_from
+  config = runpy.run_path(f'{REPO_ROOT}/{CONFIG.replace("mlm", "classifier")}')['get_config']()
+  config.model.update(num_layers=1, hidden_size=64, num_heads=2, max_length=64)
+  config.dataset.preprocess = 'tokenize_bytes(max_len=64)'
+  config.init_from.workdir = uninterrupted
+  exp = experiment.build(config, eval_split_names=[])
+  state, report = init_from.load_params(exp.initial_state(), config.init_from,
+                                        exp.state_sharding.params)
+  assert report['initialised'] == ['head/bias', 'head/kernel']
+  pretrained = cu.read_state(uninterrupted, STEPS)['params']
+  assert 'mlm_head' in pretrained and 'head' not in pretrained
+  np.testing.assert_array_equal(state.params['block_0']['attention']['query']['kernel'],
+                                pretrained['block_0']['attention']['query']['kernel'])

@@ -13,10 +13,9 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from research.data import builders  # noqa: F401  (registers the offline builders)
+from research.data import builders  # registers the offline builders
 
-OFFLINE_DATASETS = ('mnist1d', 'mnist1d/shuffled', 'mnist_subset', 'newsgroups20', 'reuters_r52',
-                    'reuters_r8', 'rotten_tomatoes', 'sklearn_digits')
+OFFLINE_DATASETS = builders.OFFLINE_DATASETS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,32 @@
-"""Offline tfds builders. Importing this package registers them with tfds."""
-from research.data.builders import mnist1d  # noqa: F401  (registers 'mnist1d')
-from research.data.builders import mnist_subset  # noqa: F401  (registers 'mnist_subset')
-from research.data.builders import sklearn_digits  # noqa: F401  (registers 'sklearn_digits')
-# registers 'newsgroups20', 'reuters_r52', 'reuters_r8', 'rotten_tomatoes'
-from research.data.builders import text_corpora  # noqa: F401
+"""Offline tfds builders. Importing this package registers them with tfds.
+
+A new offline dataset is one module here defining a `tfds.core.GeneratorBasedBuilder`
+plus one import line below; `OFFLINE_DATASETS` finds its name (and its configs' names).
+"""
+from __future__ import annotations
+
+import inspect
+
+import tensorflow_datasets as tfds
+
+from research.data.builders import mnist1d, mnist_subset, sklearn_digits, text_corpora
+
+_MODULES = (mnist1d, mnist_subset, sklearn_digits, text_corpora)
+
+
+def _names(module) -> list[str]:
+  out = []
+  for cls in vars(module).values():
+    if not (inspect.isclass(cls) and issubclass(cls, tfds.core.GeneratorBasedBuilder)
+            and cls.__module__ == module.__name__ and not inspect.isabstract(cls)
+            and not cls.__name__.startswith('_')):
+      continue
+    configs = [c.name for c in getattr(cls, 'BUILDER_CONFIGS', [])]
+    default = getattr(cls, 'DEFAULT_CONFIG_NAME', None) or (configs[0] if configs else None)
+    out.append(cls.name)  # the default config
+    out += [f'{cls.name}/{c}' for c in configs if c != default]
+  return out
+
+
+# Every dataset that builds itself here without network, e.g. 'mnist1d', 'mnist1d/shuffled'.
+OFFLINE_DATASETS: tuple[str, ...] = tuple(sorted(n for m in _MODULES for n in _names(m)))
