@@ -6,6 +6,20 @@ a flag, a path or a name given by the user is wrong, and say what is accepted.
 """
 from __future__ import annotations
 
+import difflib
+from typing import TypeVar
+
+T = TypeVar('T')
+
 
 class ConfigError(ValueError):
   """A bad value given by the user; the message names it and what is accepted."""
+
+
+def lookup(table: dict[str, T], name: str, kind: str) -> T:
+  """`table[name]`, or a ConfigError listing the available names and the closest one."""
+  if name in table:
+    return table[name]
+  close = difflib.get_close_matches(name, table, n=1)
+  hint = f' Did you mean {close[0]!r}?' if close else ''
+  raise ConfigError(f'Unknown {kind} {name!r}; available: {sorted(table)}.{hint}')

@@ -1,6 +1,7 @@
 """Helpers for fault-tolerance tests: run training in a subprocess, kill it, read results."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -32,6 +33,35 @@ def finished_checkpoints(workdir: str) -> list[int]:
   return sorted(int(d) for d in os.listdir(directory) if d.isdigit())
 
 
+def saves_in_progress(workdir: str) -> list[int]:
+  """Steps whose async save is being written: Orbax's `<step>.orbax-checkpoint-tmp*`
+  directories (renamed to `<step>` when complete; a killed save's stays until the next run)."""
+  directory = os.path.join(workdir, 'checkpoints')
+  try:
+    names = os.listdir(directory)
+  except FileNotFoundError:
+    return []
+  return sorted(int(d.split('.')[0]) for d in names if 'tmp' in d and d.split('.')[0].isdigit())
+
+
+def last_logged_step(workdir: str) -> int:
+  """The highest step with a training record in metrics.jsonl (0 if none). A line still
+  being written is skipped; a resumed run first drops the records after its checkpoint."""
+  step = 0
+  try:
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      for line in f:
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if record.get('split') == 'train':
+          step = max(step, int(record['step']))
+  except FileNotFoundError:
+    pass
+  return step
+
+
 def wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None,
              interval: float = 0.005) -> bool:
   deadline = time.monotonic() + timeout
@@ -54,7 +84,7 @@ def kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
 
 def read_state(workdir: str, step: int) -> dict:
   """The saved train state with plain Orbax: no import of this project needed."""
-  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  path = os.path.abspath(os.path.join(workdir, 'checkpoints', str(step), 'state'))  # Orbax needs it
   return ocp.StandardCheckpointer().restore(path)
 
 

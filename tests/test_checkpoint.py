@@ -14,10 +14,18 @@ from research import training
 from tests import checkpoint_utils as cu
 from tests.helpers import read_jsonl, tiny_config
 
-STEPS = 400
+# Long enough that every planned kill has steps left to land on: `_chaos` places kill i of
+# n in the i-th of n windows of steps 1..PLAN_END, and a window must hold a checkpoint (10
+# kills: 52-step windows). A kill after a save lands up to one save interval later (the next
+# save starts when the previous completes), so PLAN_END leaves 2 intervals before the end.
+# Logging every 10 steps lets the kills follow the run closely.
+STEPS = 600
 EVERY = 40
+LOG_EVERY = 10
+PLAN_END = STEPS - 2 * EVERY
 OVERRIDES = (f'--config.num_train_steps={STEPS}', f'--config.checkpoint.every_steps={EVERY}',
-             '--config.log_every_steps=20', '--config.checkpoint.keep=2')
+             f'--config.log_every_steps={LOG_EVERY}', '--config.checkpoint.keep=2',
+             '--config.write_report=False')
 
 
 @pytest.fixture(scope='module')
@@ -30,22 +38,49 @@ def uninterrupted(tmp_path_factory):
 
 
 def _chaos(workdir: str, kill_points: list[str], rng: random.Random) -> int:
-  """Kills the run with SIGKILL at each point, restarts it; returns how many kills landed."""
+  """SIGKILLs the run once per point, restarting it after each; then runs it to the end.
+
+  Every kill is placed by step, read from the files the run writes, never by wall-clock
+  time: kill i waits, from the i-th of len(kill_points) equal windows of steps 1..PLAN_END
+  (or past every step an earlier process reached, if that is later), for
+    'after_save':  a checkpoint completing (the kill comes right after it),
+    'during_save': an async save's temporary directory (the kill lands mid-save),
+    'random':      metrics.jsonl showing a step drawn at random from the window.
+  Returns how many kills landed: the process was still running and had not finished
+  training (no step STEPS logged, no checkpoint at STEPS, no results.json) when killed.
+  """
+  width = PLAN_END // len(kill_points)
+  assert width >= EVERY, f'{len(kill_points)} kills need a longer run: a window per checkpoint'
   landed = 0
-  for point in kill_points:
+  for i, point in enumerate(kill_points):
+    low, high = 1 + i * width, 1 + (i + 1) * width
+    # Steps a killed process already logged or saved do not count: this process must get
+    # past them (a resumed run restarts from its checkpoint and truncates metrics.jsonl).
+    first = max([low, cu.last_logged_step(workdir) + 1,
+                 *(s + 1 for s in cu.finished_checkpoints(workdir))])
+    if point == 'random':
+      target = max(rng.randrange(low, high), first)
+      reached = lambda: cu.last_logged_step(workdir) >= target  # noqa: E731
+      where = f'step {target} logged'
+    elif point in ('after_save', 'during_save'):
+      steps_of = cu.finished_checkpoints if point == 'after_save' else cu.saves_in_progress
+      reached = lambda: any(first <= s <= PLAN_END for s in steps_of(workdir))  # noqa: E731
+      where = f"a {'completed' if point == 'after_save' else 'running'} save at step >= {first}"
+    else:
+      raise ValueError(f'unknown kill point {point!r}')
+    last = PLAN_END if point == 'random' else PLAN_END // EVERY * EVERY  # its last chance
+    assert first <= last, f'kill {i} ({point}): earlier kills overshot to step {first - 1}'
     proc = cu.start(cu.train_command(workdir, 'configs/mnist1d/cnn.py', *OVERRIDES))
-    before = cu.finished_checkpoints(workdir)
-    if point == 'after_save':  # right after a new checkpoint completed
-      cu.wait_for(lambda: len(cu.finished_checkpoints(workdir)) > len(before) and
-                  cu.finished_checkpoints(workdir)[-1] > (before or [0])[-1], 120, proc)
-    elif point == 'during_save':  # while an async save's temporary directory exists
-      cu.wait_for(lambda: any('tmp' in d for d in os.listdir(os.path.join(workdir, 'checkpoints'))
-                              ) if os.path.isdir(os.path.join(workdir, 'checkpoints')) else False,
-                  120, proc, interval=0.001)
-    else:  # a random moment, startup included
-      cu.wait_for(lambda: False, rng.uniform(0.5, 4.0), proc)
-    landed += proc.poll() is None
+    hit = cu.wait_for(reached, 300, proc, interval=0.002)
+    alive = proc.poll() is None
     cu.kill_group(proc)
+    finished = (cu.last_logged_step(workdir) >= STEPS or STEPS in cu.finished_checkpoints(workdir)
+                or os.path.exists(os.path.join(workdir, 'results.json')))
+    ok = hit and alive and not finished
+    landed += ok
+    print(f'kill {i} ({point}, at {where}): {"landed" if ok else "MISSED"}; logged up to '
+          f'step {cu.last_logged_step(workdir)}, checkpoints {cu.finished_checkpoints(workdir)}, '
+          f'saves in progress {cu.saves_in_progress(workdir)}')
   proc = cu.start(cu.train_command(workdir, 'configs/mnist1d/cnn.py', *OVERRIDES))
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
@@ -54,8 +89,7 @@ def _chaos(workdir: str, kill_points: list[str], rng: random.Random) -> int:
 
 def test_resume_after_sigkill_is_bitwise_exact(uninterrupted, tmp_path):
   workdir = str(tmp_path)
-  landed = _chaos(workdir, ['after_save'], random.Random(0))
-  assert landed == 1, 'the run finished before it could be killed: make it longer'
+  assert _chaos(workdir, ['after_save'], random.Random(0)) == 1
   results = json.loads(open(os.path.join(workdir, 'results.json')).read())
   assert results['resumed_from_step'] > 0
   cu.assert_trees_bitwise_equal(cu.read_state(workdir, STEPS),
@@ -68,8 +102,8 @@ def test_resume_after_sigkill_is_bitwise_exact(uninterrupted, tmp_path):
 
 def test_chaos_kills_resume_to_identical_params(uninterrupted, tmp_path):
   rng = random.Random(1)
-  landed = _chaos(str(tmp_path), ['during_save', 'random', 'after_save'], rng)
-  assert landed >= 2
+  points = ['during_save', 'random', 'after_save']
+  assert _chaos(str(tmp_path), points, rng) == len(points)
   cu.assert_trees_bitwise_equal(cu.read_state(str(tmp_path), STEPS),
                                 cu.read_state(uninterrupted, STEPS))
 
@@ -79,8 +113,7 @@ def test_chaos_ten_kills(uninterrupted, tmp_path):
   """The full version: `make test-slow` (or pytest -m slow -k chaos_ten)."""
   rng = random.Random(2)
   points = ['during_save', 'after_save'] + ['random'] * 6 + ['during_save', 'after_save']
-  landed = _chaos(str(tmp_path), points, rng)
-  assert landed >= 8
+  assert _chaos(str(tmp_path), points, rng) == len(points)
   cu.assert_trees_bitwise_equal(cu.read_state(str(tmp_path), STEPS),
                                 cu.read_state(uninterrupted, STEPS))
 

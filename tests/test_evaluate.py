@@ -17,6 +17,19 @@ def test_evaluate_reproduces_final_results_exactly(tmp_path):
   assert saved['accuracy'] == results['test']['accuracy']
 
 
+def test_evaluate_a_relative_workdir(tmp_path, monkeypatch):
+  """`--workdir=runs/demo` from the repo root: Orbax takes only absolute paths, so the
+  Checkpointer makes the workdir absolute (this failed with 'Checkpoint path should be
+  absolute')."""
+  monkeypatch.chdir(tmp_path)
+  results = training.train_and_evaluate(tiny_config('logistic', steps=5), 'run')
+  evaluated = evaluate.evaluate_run('run', 'latest', 'test')
+  assert evaluated['step'] == 5
+  assert evaluated['accuracy'] == results['test']['accuracy']
+  assert (tmp_path / 'run' / 'eval' / 'test-5.json').exists()
+  assert evaluate.evaluate_run('run', '5', 'test')['loss'] == results['test']['loss']
+
+
 def test_evaluate_cli(tmp_path):
   training.train_and_evaluate(tiny_config('logistic', steps=10), str(tmp_path))
   proc = run_module('research.evaluate', f'--workdir={tmp_path}', '--checkpoint=10',

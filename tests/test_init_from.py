@@ -1,4 +1,6 @@
 """config.init_from: fine-tune from another run's weights with load/skip rules."""
+import shutil
+
 import numpy as np
 import pytest
 
@@ -23,6 +25,20 @@ def test_loads_all_but_the_skipped_head(source_run, tmp_path):
   source, ours = cu.read_state(source_run, 10)['params'], cu.read_state(str(tmp_path), 1)['params']
   np.testing.assert_allclose(ours['hidden_0']['kernel'], source['hidden_0']['kernel'], atol=1e-9)
   assert not np.allclose(ours['head']['kernel'], source['head']['kernel'])
+
+
+def test_relative_source_workdir(source_run, tmp_path, monkeypatch):
+  """`--config.init_from.workdir=runs/pretrain`, relative to where the command runs (Orbax
+  takes only absolute paths; this failed with 'Checkpoint path should be absolute')."""
+  monkeypatch.chdir(tmp_path)
+  shutil.copytree(source_run, 'source')
+  config = tiny_config('mlp', steps=1)
+  config.init_from.workdir = 'source'
+  config.optimizer.learning_rate = 1e-12
+  training.train_and_evaluate(config, 'run')
+  source, ours = cu.read_state(source_run, 10)['params'], cu.read_state('run', 1)['params']
+  np.testing.assert_allclose(ours['hidden_0']['kernel'], source['hidden_0']['kernel'], atol=1e-9)
+  np.testing.assert_allclose(ours['head']['kernel'], source['head']['kernel'], atol=1e-9)
 
 
 def test_mismatch_lists_missing_unexpected_and_misshaped(source_run, tmp_path):

@@ -34,7 +34,16 @@ def _write_jsonl(path, records):
       f.write(json.dumps(r) + '\n')
 
 
-def _make_workdir(root, name='run', *, model='cnn', accuracy=None, seed=0):
+def _merge(base, extra):
+  for key, value in extra.items():
+    if isinstance(value, dict) and isinstance(base.get(key), dict):
+      _merge(base[key], value)
+    else:
+      base[key] = value
+  return base
+
+
+def _make_workdir(root, name='run', *, model='cnn', accuracy=None, seed=0, config=None):
   workdir = os.path.join(root, name)
   os.makedirs(workdir)
   test = metrics.summarize(_test_totals())
@@ -56,9 +65,10 @@ def _make_workdir(root, name='run', *, model='cnn', accuracy=None, seed=0):
       'train_examples_per_s': 51234.0, 'devices': 1, 'processes': 1, 'platform': 'cpu',
       'resumed_from_step': 0, 'best_checkpoint_step': None,
   }
-  config = {'seed': seed, 'batch_size': 100, 'log_every_steps': 100,
-            'dataset': {'name': 'mnist1d'}, 'model': {'name': model},
-            'optimizer': {'name': 'adam', 'learning_rate': 0.01, 'schedule': 'constant'}}
+  config = _merge({'seed': seed, 'batch_size': 100, 'log_every_steps': 100,
+                   'dataset': {'name': 'mnist1d'}, 'model': {'name': model},
+                   'optimizer': {'name': 'adam', 'learning_rate': 0.01, 'schedule': 'constant'}},
+                  config or {})
   for filename, obj in (('results.json', results), ('config.json', config)):
     with open(os.path.join(workdir, filename), 'w') as f:
       json.dump(obj, f)
@@ -214,6 +224,75 @@ def test_compare_command(tmp_path, capsys):
   assert compare.main([os.path.join(root, 'unfinished')]) == 1
   assert compare.main([root, '--split', 'validation']) == 1
   assert 'no \'validation\' accuracy' in capsys.readouterr().err
+
+
+def test_compare_pools_only_runs_of_one_config(tmp_path, capsys):
+  """Seeds of one config are averaged; a 20-step run, a fine-tuned run, a NaN run and a run
+  without test results are not (the issue: all of them were averaged into one cnn row)."""
+  root = str(tmp_path)
+  base = {'num_train_steps': 6000, 'init_from': {'workdir': '', 'skip': ''}}
+  _make_workdir(root, 'cnn_seed0', accuracy=0.92, seed=0, config=base)
+  _make_workdir(root, 'cnn_seed1', accuracy=0.93, seed=1, config=base)
+  # Differs only in the seed and keys that do not change what is learnt: same experiment.
+  _make_workdir(root, 'cnn_seed2', accuracy=0.94, seed=2, config=_merge(
+      {'log_every_steps': 10, 'progress_bar': False, 'checkpoint': {'every_steps': 7},
+       'dataset': {'data_dir': '/elsewhere'}, 'profile': {'start_step': 3}}, dict(base)))
+  _make_workdir(root, 'cnn_smoke', accuracy=0.30, config={**base, 'num_train_steps': 20})
+  _make_workdir(root, 'cnn_finetuned', accuracy=0.95,
+                config={**base, 'init_from': {'workdir': 'runs/pretrain', 'skip': ''}})
+  _make_workdir(root, 'cnn_diverged', accuracy=float('nan'), config=base)
+  no_test = _make_workdir(root, 'cnn_no_test', config=base)
+  results_path = os.path.join(no_test, 'results.json')
+  results = json.load(open(results_path))
+  del results['test']
+  json.dump(results, open(results_path, 'w'))
+  _make_workdir(root, 'mlp_seed0', model='mlp', accuracy=0.65, config=base)
+
+  assert compare.main([root]) == 0
+  captured = capsys.readouterr()
+  rows = captured.out.splitlines()
+  assert ('| mnist1d | cnn [init_from=no, num_train_steps=6000] | 93.00 ± 1.00 | 3 | 94.0 '
+          '| -1.00 |') in rows
+  assert '| mnist1d | cnn [init_from=no, num_train_steps=20] | 30.00 | 1 | 94.0 | -64.00 |' in rows
+  assert '| mnist1d | cnn [init_from=yes, num_train_steps=6000] | 95.00 | 1 | 94.0 | +1.00 |' in rows
+  assert '| mnist1d | mlp | 65.00 | 1 | 68.0 | -3.00 |' in rows  # one config: no label
+  assert sum(row.startswith('| mnist1d | cnn') for row in rows) == 3
+  warnings = captured.err.splitlines()
+  assert all(w.startswith('warning: ') for w in warnings)
+  assert len(warnings) == 3, warnings
+  pooling = next(w for w in warnings if 'not pooled' in w)
+  assert 'mnist1d / cnn: 5 runs have 3 different configs' in pooling
+  assert 'differ in init_from, num_train_steps' in pooling
+  assert os.path.join(root, 'cnn_smoke') in pooling
+  assert any('cnn_diverged' in w and 'nan' in w for w in warnings)
+  assert any('cnn_no_test' in w and "no 'test' accuracy" in w for w in warnings)
+
+  # The same runs through the library call research.reproduce uses.
+  groups, notes = compare.load_runs(compare.find_run_dirs([root]))
+  assert groups[('mnist1d', 'cnn', 'init_from=no, num_train_steps=20')] == [30.0]
+  assert ('mnist1d', 'cnn') not in groups and groups[('mnist1d', 'mlp')] == [65.0]
+  assert len(notes) == 3
+
+
+def test_experiment_config_drops_what_does_not_change_the_result():
+  config = {'seed': 3, 'num_train_steps': 20, 'log_every_steps': 5, 'progress_bar': True,
+            'write_report': False, 'eval_batch_size': 500,
+            'checkpoint': {'every_steps': 10, 'keep': 2},
+            'profile': {'start_step': 0}, 'distributed': {'coordinator_address': 'h:1'},
+            'dataset': {'name': 'mnist1d', 'data_dir': '/data', 'batches_per_chunk': 4,
+                        'prefetch_threads': 2, 'preprocess': 'standardize'},
+            'init_from': {'workdir': '/runs/pre', 'skip': '^head/'},
+            'model': {'name': 'mlp', 'hidden_sizes': [100, 100]},
+            'evals': {}}
+  assert compare.experiment_config(config) == {
+      'num_train_steps': 20, 'dataset.name': 'mnist1d', 'dataset.preprocess': 'standardize',
+      'init_from': 'yes', 'init_from.skip': '^head/', 'model.name': 'mlp',
+      'model.hidden_sizes': [100, 100], 'evals': {}}
+  other_seed = _merge(json.loads(json.dumps(config)), {
+      'seed': 4, 'init_from': {'workdir': 'elsewhere/pre'}, 'checkpoint': {'keep': 9}})
+  assert compare.config_fingerprint(other_seed) == compare.config_fingerprint(config)
+  assert compare.config_fingerprint({**config, 'num_train_steps': 21}) != \
+      compare.config_fingerprint(config)
 
 
 def test_comparison_table_function():

@@ -33,7 +33,7 @@ def get_config():
   config.init_from.skip = '^head/|^mlm_head/'
   config.batch_size = 64
   config.eval_batch_size = 512
-  config.num_train_steps = 1500
+  config.num_train_steps = 1000
   config.eval_every_steps = 500
   config.log_every_steps = 100
   config.checkpoint.every_steps = 500

@@ -38,7 +38,7 @@ def get_config():
                                      **encoder())
   config.batch_size = 64
   config.eval_batch_size = 512
-  config.num_train_steps = 3000
+  config.num_train_steps = 2000
   config.eval_every_steps = 500
   config.log_every_steps = 100
   config.checkpoint.every_steps = 500

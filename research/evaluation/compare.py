@@ -4,24 +4,46 @@
   python -m research.compare runs/                 # every run (results.json) below it
   python -m research.compare --glob 'runs/mnist1d_*'
 
-Runs are grouped by (config.dataset.name, config.model.name) and matched to
-`research.evaluation.references`. Std is the sample standard deviation (ddof=1) over runs; with one
-run it is not shown. Gap = our mean - paper, in percentage points.
+Runs are pooled only when they are the same experiment: the same config.dataset.name,
+config.model.name and the same config apart from the seed and the keys that change where a
+run writes, how often it logs or checkpoints and how fast it goes (`experiment_config`).
+When runs of one (dataset, model) have different configs (a 20-step smoke test, a
+fine-tuned run, another learning rate), each config gets its own row, labelled by what
+differs (`cnn [num_train_steps=20]`), and a warning on stderr says so. Runs without a finite
+accuracy for the split (no results for it, or NaN from a diverged run) are left out, each
+named in a warning. Rows are matched to `research.evaluation.references` by (dataset,
+model). Std is the sample standard deviation (ddof=1) over runs; with one run it is not
+shown. Gap = our mean - paper, in percentage points.
 """
 from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
+import math
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from research.evaluation import references
 
-Group = tuple[str, str]  # (dataset, model)
+# (dataset, model), or (dataset, model, label) when that pair has runs of several configs
+# and the label says which (e.g. 'num_train_steps=20').
+Group = tuple[str, ...]
+
+# Config keys that do not change what a run learns: runs differing only in these are one
+# experiment. Also dropped: every path-like key (last part 'workdir' or ending in '_dir').
+IGNORED_KEYS = frozenset({
+    'seed', 'log_every_steps', 'progress_bar', 'write_report',
+    'eval_batch_size',  # the last eval batch is padded and masked: same metrics
+    'dataset.prefetch_threads', 'dataset.batches_per_chunk',  # speed only, same batches
+})
+IGNORED_BLOCKS = frozenset({'checkpoint', 'profile', 'distributed'})
+_LABEL_KEYS = 3  # differing keys shown in a row label; the warning lists them all
 
 
 def _format_ours(values_pct: Sequence[float]) -> str:
@@ -33,12 +55,70 @@ def _format_ours(values_pct: Sequence[float]) -> str:
 
 def _group_order(group: Group) -> tuple:
   order = {(r.dataset, r.model): i for i, r in enumerate(references.REFERENCES)}
-  return (group[0], order.get(group, len(order)), group[1])
+  return (group[0], order.get(tuple(group[:2]), len(order)), group[1], group[2:])
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = '') -> Iterable[tuple[str, Any]]:
+  for key, value in config.items():
+    if isinstance(value, Mapping) and value:
+      yield from _flatten(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}', value
+
+
+def experiment_config(config: Mapping[str, Any]) -> dict[str, Any]:
+  """A run's config.json as flat dotted keys, without the seed, paths, logging, checkpoint,
+  profiling, multi-process and speed-only keys: what decides the result. A fine-tuning
+  source counts only as `init_from: 'yes'` (the path differs per machine and per seed)."""
+  out = {}
+  for key, value in _flatten(config):
+    last = key.rsplit('.', 1)[-1]
+    if key == 'init_from.workdir':
+      out['init_from'] = 'yes' if value else 'no'
+    elif (key in IGNORED_KEYS or key.split('.', 1)[0] in IGNORED_BLOCKS or
+          last == 'workdir' or last.endswith('_dir')):
+      continue
+    else:
+      out[key] = value
+  return out
+
+
+def config_fingerprint(config: Mapping[str, Any]) -> str:
+  """Equal for two runs exactly when their `experiment_config`s are equal."""
+  text = json.dumps(experiment_config(config), sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+_ABSENT = object()
+
+
+def _show(value: Any) -> str:
+  if value is _ABSENT:
+    return '(absent)'
+  return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _variant_labels(configs: dict[str, dict[str, Any]]) -> tuple[dict[str, str], list[str]]:
+  """({fingerprint: row label}, [the keys whose values differ]) for one (dataset, model)."""
+  keys = sorted({k for c in configs.values() for k in c})
+  differing = [k for k in keys
+               if len({_show(c.get(k, _ABSENT)) for c in configs.values()}) > 1]
+  labels = {}
+  for fp, c in configs.items():
+    label = ', '.join(f'{k}={_show(c.get(k, _ABSENT))}' for k in differing[:_LABEL_KEYS])
+    if len(differing) > _LABEL_KEYS:
+      label += f', +{len(differing) - _LABEL_KEYS} more'
+    labels[fp] = label
+  for fp, label in labels.items():  # truncated labels can coincide: then tell them apart
+    if sum(other == label for other in labels.values()) > 1:
+      labels[fp] = f'{label} #{fp[:6]}'
+  return labels, differing
 
 
 def markdown_table(groups: dict[Group, list[float]], *, split: str = 'test',
                    include_unrun_references: bool = False) -> str:
-  """Table rows from {(dataset, model): [accuracy in percent, one per run]}."""
+  """Table rows from {(dataset, model): [accuracy in percent, one per run]}; a key
+  (dataset, model, label) is a row for one config of several, named `model [label]`."""
   groups = dict(groups)
   if include_unrun_references:
     for dataset in sorted({d for d, _ in groups}):
@@ -49,10 +129,12 @@ def markdown_table(groups: dict[Group, list[float]], *, split: str = 'test',
            '|---|---|---:|---:|---:|---:|']
   citations: list[str] = []
   for group in sorted(groups, key=_group_order):
-    dataset, model = group
+    dataset, model, *variant = group
     values = groups[group]
     ref = references.lookup(dataset, model)
     name = f'{model} ({ref.display_name})' if ref and ref.display_name.lower() != model else model
+    if variant and variant[0]:
+      name += f' [{variant[0]}]'
     ours = _format_ours(values) if values else '-'
     paper = f'{ref.value:.1f}' if ref else '-'
     gap = f'{float(np.mean(values)) - ref.value:+.2f}' if ref and values else '-'
@@ -101,8 +183,14 @@ def find_run_dirs(paths: Iterable[str]) -> list[str]:
 
 def load_runs(run_dirs: Iterable[str], split: str = 'test') -> tuple[dict[Group, list[float]],
                                                                         list[str]]:
-  """({(dataset, model): [accuracy % per run]}, [warnings for runs that were skipped])."""
-  groups: dict[Group, list[float]] = {}
+  """({group: [accuracy % per run]}, [warnings]).
+
+  A group is (dataset, model) when all of that pair's runs share one `experiment_config`;
+  otherwise each config is its own group (dataset, model, label of what differs) and a
+  warning says so. Runs without a finite `split` accuracy are skipped, with a warning each.
+  """
+  # (dataset, model) -> fingerprint -> (experiment config, [(run_dir, accuracy %)])
+  by_pair: dict[tuple[str, str], dict[str, tuple[dict[str, Any], list[tuple[str, float]]]]] = {}
   skipped: list[str] = []
   for run_dir in run_dirs:
     try:
@@ -113,14 +201,46 @@ def load_runs(run_dirs: Iterable[str], split: str = 'test') -> tuple[dict[Group,
     except (OSError, json.JSONDecodeError) as e:
       skipped.append(f'{run_dir}: {e}')
       continue
-    if split not in results or 'accuracy' not in results.get(split, {}):
+    if not isinstance(results.get(split), dict) or 'accuracy' not in results[split]:
       available = sorted(k for k, v in results.items() if isinstance(v, dict) and 'accuracy' in v)
-      skipped.append(f'{run_dir}: no {split!r} accuracy in results.json '
+      skipped.append(f'skipped {run_dir}: no {split!r} accuracy in results.json '
                      f'(splits with accuracy: {available}).')
       continue
-    group = (config['dataset']['name'], config['model']['name'])
-    groups.setdefault(group, []).append(100.0 * float(results[split]['accuracy']))
-  return groups, skipped
+    accuracy = results[split]['accuracy']
+    if (isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or
+        not math.isfinite(accuracy)):
+      skipped.append(f'skipped {run_dir}: its {split!r} accuracy is {accuracy!r} (a diverged '
+                     'run?); it is not averaged in.')
+      continue
+    try:
+      pair = (config['dataset']['name'], config['model']['name'])
+    except (KeyError, TypeError) as e:
+      skipped.append(f'skipped {run_dir}: config.json has no dataset.name / model.name ({e}).')
+      continue
+    fingerprint = config_fingerprint(config)
+    variants = by_pair.setdefault(pair, {})
+    variants.setdefault(fingerprint, (experiment_config(config), []))[1].append(
+        (run_dir, 100.0 * float(accuracy)))
+
+  groups: dict[Group, list[float]] = {}
+  warnings: list[str] = []
+  for (dataset, model), variants in by_pair.items():
+    if len(variants) == 1:
+      (_, runs), = variants.values()
+      groups[(dataset, model)] = [acc for _, acc in runs]
+      continue
+    labels, differing = _variant_labels({fp: c for fp, (c, _) in variants.items()})
+    described = []
+    for fp, (_, runs) in sorted(variants.items(), key=lambda item: labels[item[0]]):
+      groups[(dataset, model, labels[fp])] = [acc for _, acc in runs]
+      dirs = ', '.join(d for d, _ in runs[:3]) + (', ...' if len(runs) > 3 else '')
+      described.append(f"[{labels[fp]}] {len(runs)} run{'s' * (len(runs) > 1)} ({dirs})")
+    n_runs = sum(len(runs) for _, runs in variants.values())
+    warnings.append(
+        f'{dataset} / {model}: {n_runs} runs have {len(variants)} different configs '
+        f'(they differ in {", ".join(differing)}), so they are not pooled into one mean; '
+        f'one row each: {"; ".join(described)}.')
+  return groups, skipped + warnings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   run_dirs = find_run_dirs(paths)
   groups, skipped = load_runs(run_dirs, split=args.split)
   for warning in skipped:
-    print(f'skipped {warning}', file=sys.stderr)
+    print(f'warning: {warning}', file=sys.stderr)
   if not groups:
     print(f'No finished runs (config.json + results.json with {args.split!r} accuracy) under '
           f'{paths}.', file=sys.stderr)

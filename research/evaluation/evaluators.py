@@ -19,13 +19,13 @@ outside the package).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 from typing import TYPE_CHECKING, Any
 
 import jax
 import ml_collections
 
+from research import errors
 from research.errors import ConfigError
 from research.evaluation.evaluator import Evaluator, ObjectiveEvaluator
 
@@ -46,11 +46,7 @@ def register(name: str, cls: type[Evaluator]) -> None:
 
 
 def lookup(name: str) -> type[Evaluator]:
-  if name not in EVALUATORS:
-    close = difflib.get_close_matches(name, EVALUATORS, n=1)
-    hint = f' Did you mean {close[0]!r}?' if close else ''
-    raise ConfigError(f'Unknown evaluator {name!r}; available: {sorted(EVALUATORS)}.{hint}')
-  return EVALUATORS[name]
+  return errors.lookup(EVALUATORS, name, 'evaluator')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,12 +14,12 @@ and the objective). A model class may also declare:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Sequence
 
 import flax.linen as nn
 import ml_collections
 
+from research import errors
 from research.errors import ConfigError
 from research.models.simple import CNN, MLP, LogisticRegression
 from research.models.transformer import TransformerEncoder
@@ -101,9 +101,4 @@ def model_flops_per_example(model: nn.Module | ml_collections.ConfigDict,
 
 
 def _lookup(model_name: str) -> type[nn.Module]:
-  if model_name not in MODELS:
-    close = difflib.get_close_matches(model_name, MODELS, n=1)
-    hint = f' Did you mean {close[0]!r}?' if close else ''
-    raise ConfigError(f'Unknown model {model_name!r}. Available models: '
-                      f'{sorted(MODELS)}.{hint}')
-  return MODELS[model_name]
+  return errors.lookup(MODELS, model_name, 'model')

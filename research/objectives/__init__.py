@@ -5,12 +5,12 @@ hyperparameters from `config.objective_args` (unknown ones fail, listing the val
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any
 
 import ml_collections
 
+from research import errors
 from research.errors import ConfigError
 from research.objectives.base import Objective
 from research.objectives.classification import Classification
@@ -28,11 +28,7 @@ def register(name: str, cls: type[Objective]) -> None:
 
 
 def lookup(name: str) -> type[Objective]:
-  if name not in OBJECTIVES:
-    close = difflib.get_close_matches(name, OBJECTIVES, n=1)
-    hint = f' Did you mean {close[0]!r}?' if close else ''
-    raise ConfigError(f'Unknown objective {name!r}; available: {sorted(OBJECTIVES)}.{hint}')
-  return OBJECTIVES[name]
+  return errors.lookup(OBJECTIVES, name, 'objective')
 
 
 def hyperparameters(name: str) -> dict[str, Any]:

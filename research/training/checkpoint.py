@@ -8,6 +8,8 @@ Saves are asynchronous and atomic (Orbax writes to a temporary directory and ren
 when complete), so a process killed mid-save leaves the previous checkpoint as the latest.
 A checkpoint that fails to restore is moved to `WORKDIR/checkpoints_quarantine/` (never
 deleted) and the previous one is used.
+Orbax accepts only absolute paths: `absolute()` is the one place that turns a user's
+(relative, `~`-prefixed) workdir into one, for this module and `init_from`.
 """
 from __future__ import annotations
 
@@ -24,6 +26,12 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 
+def absolute(path: str) -> str:
+  """`path` as Orbax requires it: absolute, with `~` expanded (relative to the current
+  directory, so `--workdir=runs/demo` works from wherever the command runs)."""
+  return os.path.abspath(os.path.expanduser(path))
+
+
 class Checkpointer:
   """Saves and restores `(state, data iterator, trainer JSON)`; keeps the last `keep` plus
   the best."""
@@ -34,6 +42,7 @@ class Checkpointer:
       raise ValueError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}.")
     if keep < 1:
       raise ValueError(f'checkpoint.keep must be >= 1, got {keep}.')
+    workdir = absolute(workdir)
     self.directory = os.path.join(workdir, 'checkpoints')
     self.quarantine = os.path.join(workdir, 'checkpoints_quarantine')
     self.best_metric = best_metric

@@ -18,6 +18,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from research.training import checkpoint as checkpoint_lib
+
 
 def _path(keys) -> str:
   return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in keys)
@@ -40,7 +42,7 @@ def _source_step(directory: str, step: int) -> int:
 
 def load_params(state, init_cfg: ml_collections.ConfigDict, param_shardings):
   """`state` with params replaced per the rules; returns (state, report dict)."""
-  directory = os.path.join(init_cfg.workdir, 'checkpoints')
+  directory = os.path.join(checkpoint_lib.absolute(init_cfg.workdir), 'checkpoints')
   step = _source_step(directory, init_cfg.step)
   source = _flatten(ocp.StandardCheckpointer().restore(
       os.path.join(directory, str(step), 'state'))['params'])

@@ -1,17 +1,23 @@
 """Offline tfds builders. Importing this package registers them with tfds.
 
 A new offline dataset is one module here defining a `tfds.core.GeneratorBasedBuilder`
-plus one import line below; `OFFLINE_DATASETS` finds its name (and its configs' names).
+plus one line in `_MODULES` below; `OFFLINE_DATASETS` finds its name (and its configs' names).
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 
 import tensorflow_datasets as tfds
 
-from research.data.builders import mnist1d, mnist_subset, sklearn_digits, text_corpora
-
-_MODULES = (mnist1d, mnist_subset, sklearn_digits, text_corpora)
+# The registry: one module name per line of datasets. Importing a module registers its
+# builders with tfds.
+_MODULES = tuple(importlib.import_module(f'{__name__}.{name}') for name in (
+    'mnist1d',
+    'mnist_subset',
+    'sklearn_digits',
+    'text_corpora',
+))
 
 
 def _names(module) -> list[str]:
