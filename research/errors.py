@@ -7,7 +7,9 @@ a flag, a path or a name given by the user is wrong, and say what is accepted.
 from __future__ import annotations
 
 import difflib
-from typing import TypeVar
+import functools
+import sys
+from typing import Callable, TypeVar
 
 T = TypeVar('T')
 
@@ -23,3 +25,16 @@ def lookup(table: dict[str, T], name: str, kind: str) -> T:
   close = difflib.get_close_matches(name, table, n=1)
   hint = f' Did you mean {close[0]!r}?' if close else ''
   raise ConfigError(f'Unknown {kind} {name!r}; available: {sorted(table)}.{hint}')
+
+
+def one_line_errors(main: Callable) -> Callable:
+  """Wraps a command-line `main`: a ConfigError is printed as `Error: ...` on stderr and
+  exits with status 2; any other exception keeps its traceback."""
+  @functools.wraps(main)
+  def wrapped(*args, **kwargs):
+    try:
+      return main(*args, **kwargs)
+    except ConfigError as e:
+      print(f'Error: {e}', file=sys.stderr)
+      sys.exit(2)
+  return wrapped

@@ -17,6 +17,7 @@ from absl import app, flags, logging
 from research.training import checkpoint as checkpoint_lib
 from research.training import experiment
 from research import writers
+from research.errors import ConfigError, one_line_errors
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by research.main.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")
@@ -26,7 +27,8 @@ _SPLIT = flags.DEFINE_string('split', 'test', 'The tfds split to evaluate.')
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} does not exist: is {workdir!r} a run directory?')
+    raise ConfigError(f'{path} does not exist: --workdir={workdir!r} is not a run directory '
+                      '(one written by research.main).')
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -40,15 +42,18 @@ def evaluate_run(workdir: str, checkpoint: str = 'latest', split: str = 'test') 
     step = checkpointer.latest_step()
   elif checkpoint == 'best':
     if not checkpointer.best_metric:
-      raise ValueError('--checkpoint=best needs a run with checkpoint.best_metric or '
+      raise ConfigError('--checkpoint=best needs a run with checkpoint.best_metric or '
                        'early_stopping.metric set; this run has neither.')
     step = checkpointer.best_step()
   elif checkpoint.isdigit():
     step = int(checkpoint)
   else:
-    raise ValueError(f"--checkpoint must be 'latest', 'best' or a step number, got {checkpoint!r}.")
+    raise ConfigError(f"--checkpoint must be 'latest', 'best' or a step number, got {checkpoint!r}.")
   if step is None:
-    raise FileNotFoundError(f'No checkpoint in {checkpointer.directory}.')
+    raise ConfigError(f'No checkpoint in {checkpointer.directory}.')
+  if step not in checkpointer.all_steps():
+    raise ConfigError(f'--checkpoint={checkpoint}: no checkpoint at step {step} in '
+                      f'{checkpointer.directory}; available steps: {checkpointer.all_steps()}.')
 
   exp = experiment.build(config, load_train_split=False, eval_split_names=[split],
                          workdir=workdir)
@@ -61,6 +66,7 @@ def evaluate_run(workdir: str, checkpoint: str = 'latest', split: str = 'test') 
   return result
 
 
+@one_line_errors
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')

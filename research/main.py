@@ -17,7 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from research import config as config_lib
-from research.errors import ConfigError
+from research.errors import one_line_errors
 from research.training import preemption
 from research.evaluation import reporting
 from research import training
@@ -57,6 +57,7 @@ class _OnlyOurInfo(pylogging.Filter):
     return record.levelno >= pylogging.WARNING or f'{os.sep}research{os.sep}' in record.pathname
 
 
+@one_line_errors  # a user mistake (ConfigError): one line, no traceback
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -67,9 +68,6 @@ def main(argv: list[str]) -> None:
   except preemption.Preempted as e:
     logging.warning('%s', e)
     sys.exit(preemption.PREEMPTED_EXIT_CODE)
-  except ConfigError as e:  # a user mistake: one line, no traceback
-    print(f'Error: {e}', file=sys.stderr)
-    sys.exit(2)
   if jax.process_index() == 0:  # one table per run, not one per process
     print(reporting.results_table(results, _CONFIG.value))
     print(f'Outputs in {_WORKDIR.value}: config.json, metrics.jsonl, results.json')

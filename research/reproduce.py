@@ -15,6 +15,7 @@ from absl import app, flags, logging
 
 from research.evaluation import compare
 from research import training
+from research.errors import one_line_errors
 
 DEFAULT_CONFIGS = ('configs/mnist1d/logistic.py,configs/mnist1d/mlp.py,'
                    'configs/mnist1d/cnn.py,configs/mnist1d/transformer.py')
@@ -41,6 +42,7 @@ def run_all(config_paths: list[str], seeds: list[int], workdir: str) -> list[str
   return run_dirs
 
 
+@one_line_errors
 def main(argv: list[str]) -> None:
   del argv
   logging.set_verbosity(logging.INFO)

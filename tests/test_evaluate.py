@@ -4,6 +4,7 @@ import json
 import pytest
 
 from research import evaluate, training
+from research.errors import ConfigError
 from tests.helpers import read_jsonl, run_module, tiny_config
 
 
@@ -43,7 +44,7 @@ def test_evaluate_bad_checkpoint_name(tmp_path):
   training.train_and_evaluate(tiny_config('logistic', steps=5), str(tmp_path))
   with pytest.raises(ValueError, match="'latest', 'best' or a step number"):
     evaluate.evaluate_run(str(tmp_path), 'newest')
-  with pytest.raises(FileNotFoundError, match=r'available steps: \[5\]'):
+  with pytest.raises(ConfigError, match=r'available steps: \[5\]'):
     evaluate.evaluate_run(str(tmp_path), '7')
 
 
@@ -84,3 +85,9 @@ def test_early_stopping_patience_survives_a_resume(tmp_path):
   assert first['stopped_early_at_step'] is None  # one evaluation without improvement so far
   resumed = training.train_and_evaluate(_early_stopping_config(), resumed_dir)
   assert resumed['stopped_early_at_step'] == stopped
+
+
+def test_evaluate_cli_user_mistakes_are_one_line(tmp_path):
+  proc = run_module('research.evaluate', f'--workdir={tmp_path / "nothing_here"}')
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().startswith('Error: ') and 'not a run directory' in proc.stderr
