@@ -35,6 +35,7 @@ class DatasetInfo:
   input_key: str
   label_key: str
   split_sizes: dict[str, int]
+  class_names: tuple[str, ...] = ()  # the label feature's names, when it has them
 
 
 def resolve_data_dir(data_dir: str) -> str:
@@ -94,6 +95,7 @@ def dataset_info(builder: tfds.core.DatasetBuilder,
       input_key=input_key,
       label_key=label_key,
       split_sizes={k: v.num_examples for k, v in info.splits.items()},
+      class_names=tuple(getattr(label_feature, 'names', None) or ()),
   )
 
 
