@@ -1,7 +1,9 @@
-"""Finds a dataset by name, prepares it if needed, and reads its splits via tfds data sources.
+"""Finds a dataset by name, prepares it if needed, and reads its splits into host memory.
 
-Offline builders (`research.data.builders`) generate themselves on first use. Any other
-tfds name goes through unchanged; it needs network or a data dir where it was prepared.
+`open_source(config.dataset)`: your own arrays or files (`research.data.arrays`) when the
+name is one of them, else a tfds dataset. Offline builders (`research.data.builders`)
+generate themselves on first use. Any other tfds name goes through unchanged; it needs
+network or a data dir where it was prepared.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from research.data import arrays
 from research.data import builders  # registers the offline builders
 
 OFFLINE_DATASETS = builders.OFFLINE_DATASETS
@@ -51,7 +54,9 @@ def _check_name(name: str) -> None:
     raise ValueError(
         f'Unknown dataset {name!r}. Offline datasets (no network needed): '
         f'{list(OFFLINE_DATASETS)}; otherwise any tfds name such as mnist, cifar10, '
-        f'imdb_reviews (needs network or a prepared data_dir).{hint}')
+        f'imdb_reviews (needs network or a prepared data_dir); your own data: '
+        f"research.data.arrays.register(name, train=(x, y), ...), 'npz:PATH' or "
+        f"'csv:DIR/{{split}}.csv'.{hint}")
 
 
 def open_builder(dataset_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
@@ -124,10 +129,65 @@ def load_split(builder: tfds.core.DatasetBuilder, info: DatasetInfo, split: str)
     labels = np.asarray([r[info.label_key] for r in records], dtype=np.float32)
     return SplitArrays(inputs=inputs, labels=labels)
   labels = np.asarray([r[info.label_key] for r in records], dtype=np.int32)
+  check_labels(labels, info, split)
+  return SplitArrays(inputs=inputs, labels=labels)
+
+
+def check_labels(labels: np.ndarray, info: DatasetInfo, split: str) -> None:
   bad = (labels < 0) | (labels >= info.num_classes)
   if bad.any():
     raise ValueError(
         f'Split {split!r} of {info.name!r} has labels outside [0, {info.num_classes}): '
         f'{sorted(set(labels[bad].tolist()))[:10]} (first bad example index '
         f'{int(np.argmax(bad))}).')
-  return SplitArrays(inputs=inputs, labels=labels)
+
+
+class Source:
+  """A dataset the trainer reads: its `info` and `load(split) -> SplitArrays`."""
+
+  def __init__(self, info: DatasetInfo):
+    self.info = info
+
+  def load(self, split: str) -> SplitArrays:
+    raise NotImplementedError
+
+
+class TfdsSource(Source):
+  def __init__(self, builder: tfds.core.DatasetBuilder, info: DatasetInfo):
+    super().__init__(info)
+    self.builder = builder
+
+  def load(self, split: str) -> SplitArrays:
+    return load_split(self.builder, self.info, split)
+
+
+class ArraySource(Source):
+  """Your own arrays or files (`research.data.arrays`), with tfds' split slices."""
+
+  def __init__(self, dataset: arrays.ArrayDataset):
+    super().__init__(DatasetInfo(
+        name=dataset.name, num_classes=dataset.num_classes, input_key='inputs',
+        label_key='labels', split_sizes={k: len(v[1]) for k, v in dataset.splits.items()},
+        class_names=dataset.class_names))
+    self.dataset = dataset
+
+  def load(self, split: str) -> SplitArrays:
+    base, idx = arrays.split_indices(self.dataset, split)
+    if len(idx) == 0:
+      raise ValueError(f'Split {split!r} of dataset {self.info.name!r} is empty.')
+    inputs, labels = self.dataset.splits[base]
+    inputs, labels = inputs[idx], labels[idx]
+    if not self.info.num_classes:
+      return SplitArrays(inputs=inputs, labels=labels.astype(np.float32))
+    labels = labels.astype(np.int32)
+    check_labels(labels, self.info, split)
+    return SplitArrays(inputs=inputs, labels=labels)
+
+
+def open_source(dataset_cfg: ml_collections.ConfigDict) -> Source:
+  """Your own data (`research.data.arrays`) when the name is one, else a tfds dataset."""
+  own = arrays.lookup(dataset_cfg.name, dataset_cfg.input_key, dataset_cfg.label_key)
+  if own is not None:
+    return ArraySource(own)
+  builder = open_builder(dataset_cfg)
+  return TfdsSource(builder, dataset_info(builder, dataset_cfg))

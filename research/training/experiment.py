@@ -121,16 +121,16 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
                jax.devices()[0].platform, jax.process_count())
 
   # ---- Data ----
-  builder = sources.open_builder(config.dataset)
-  info = sources.dataset_info(builder, config.dataset)
+  source = sources.open_source(config.dataset)
+  info = source.info
   # Preprocessing statistics (standardize) and tokenizers are fitted on the training split,
   # so evaluation-only runs load it too when the spec needs it.
   spec = config.dataset.preprocess
-  train_split = (sources.load_split(builder, info, config.dataset.train_split)
+  train_split = (source.load(config.dataset.train_split)
                  if load_train_split or preprocess.needs_train_split(spec) else None)
   if eval_split_names is None:
     eval_split_names = list(dict.fromkeys(spec.split for spec in evaluators.specs(config)))
-  eval_splits = {name: sources.load_split(builder, info, name) for name in eval_split_names}
+  eval_splits = {name: source.load(name) for name in eval_split_names}
   pp = preprocess.build_preprocess(
       spec, train_split, seed=config.seed, num_classes=info.num_classes,
       process_index=jax.process_index(), process_count=jax.process_count(), cache_dir=workdir)
