@@ -3,6 +3,11 @@
 Deliberately thin: flags in, one call to `training.train_and_evaluate`, a table out. All logic
 lives in importable modules so notebooks and tests use the same code.
 Override any config key with `--config.KEY=VALUE`, e.g. `--config.optimizer.learning_rate=3e-3`.
+
+$RESEARCH_EXTRA_OVERRIDES adds overrides without editing the command, e.g.
+`RESEARCH_EXTRA_OVERRIDES="--config.num_train_steps=20 --config.eval_every_steps=10"`: for
+smoke tests of documented commands (tests/test_readme.py) and clusters that inject settings.
+They come after the command line's, so they win; `research.reproduce` applies them to each run.
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import logging as pylogging
 import os
 import re
 import runpy
+import shlex
 import sys
 
 import jax
@@ -28,6 +34,16 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for outputs (created 
 flags.mark_flags_as_required(['config', 'workdir'])
 
 _OVERRIDE = re.compile(r'^--config\.([A-Za-z0-9_.]+)(=|$)')
+EXTRA_OVERRIDES_ENV = 'RESEARCH_EXTRA_OVERRIDES'
+
+
+def extra_overrides() -> list[str]:
+  """The `--config.KEY=VALUE` overrides in $RESEARCH_EXTRA_OVERRIDES, split as a shell would."""
+  args = shlex.split(os.environ.get(EXTRA_OVERRIDES_ENV, ''))
+  bad = [arg for arg in args if not re.match(r'^--config\.[A-Za-z0-9_.]+=', arg)]
+  if bad:
+    sys.exit(f'Error: ${EXTRA_OVERRIDES_ENV} takes only --config.KEY=VALUE overrides, got {bad}.')
+  return args
 
 
 def _check_overrides(argv: list[str]) -> None:
@@ -74,6 +90,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+  sys.argv += extra_overrides()
   _check_overrides(sys.argv)
   app.run(main)
 

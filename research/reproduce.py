@@ -4,24 +4,49 @@
       --configs=configs/mnist1d/logistic.py,configs/mnist1d/mlp.py,configs/mnist1d/cnn.py
 
 Each run goes to WORKDIR/<config name>/seed<k> (a finished run is reused, an interrupted one
-resumes). The table is printed and written to WORKDIR/table.md.
+resumes). The table is printed and written to WORKDIR/table.md. $RESEARCH_EXTRA_OVERRIDES
+(`--config.KEY=VALUE ...`, as for research.main) applies to every run, e.g. to shrink steps.
 """
 from __future__ import annotations
 
 import os
+import re
 import runpy
+import shlex
 
+import ml_collections
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 from research.evaluation import compare
 from research import training
-from research.errors import one_line_errors
+from research import config as config_lib
+from research.errors import ConfigError, one_line_errors
 
 DEFAULT_CONFIGS = ('configs/mnist1d/logistic.py,configs/mnist1d/mlp.py,'
                    'configs/mnist1d/cnn.py,configs/mnist1d/transformer.py')
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/mnist1d_table', 'Where the runs go.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds to run for each config.')
 _CONFIGS = flags.DEFINE_list('configs', DEFAULT_CONFIGS.split(','), 'Config files.')
+
+
+def apply_extra_overrides(config: ml_collections.ConfigDict) -> None:
+  """Applies $RESEARCH_EXTRA_OVERRIDES to `config` in place, parsed as research.main parses it.
+
+  (research.main appends them to its argv; its flags cannot be imported next to ours.)
+  """
+  args = shlex.split(os.environ.get('RESEARCH_EXTRA_OVERRIDES', ''))
+  keys = [re.match(r'^--config\.([A-Za-z0-9_.]+)=', arg) for arg in args]
+  if not all(keys):
+    raise ConfigError(f'$RESEARCH_EXTRA_OVERRIDES takes only --config.KEY=VALUE overrides, '
+                      f'got {[a for a, k in zip(args, keys) if not k]}.')
+  try:
+    config_lib.check_override_keys(config, [key.group(1) for key in keys])
+  except KeyError as e:
+    raise ConfigError(e.args[0]) from None
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_dict('config', config, flag_values=flag_values, lock_config=False)
+  flag_values(['research.reproduce', *args])
 
 
 def run_all(config_paths: list[str], seeds: list[int], workdir: str) -> list[str]:
@@ -35,6 +60,7 @@ def run_all(config_paths: list[str], seeds: list[int], workdir: str) -> list[str
         logging.info('Reusing finished run %s', run_dir)
         continue
       config = runpy.run_path(path)['get_config']()
+      apply_extra_overrides(config)
       config.seed = seed
       config.progress_bar = False
       logging.info('Running %s seed %d -> %s', path, seed, run_dir)

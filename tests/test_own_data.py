@@ -36,7 +36,7 @@ def registered():
 
 
 def test_readme_example_trains_on_numpy_arrays(tmp_path):
-  # The README's ten lines, as written there (apart from the workdir).
+  # The README's ten lines (Data section), with fewer steps and a temporary workdir.
   import numpy as np
   from research import models, training
   from research.config import default_config

@@ -255,6 +255,21 @@ def _fit_tokenize_spm(ctx: '_FitContext', vocab_size: int = 8000, max_len: int =
   return {'tokenizer': tok, 'max_len': max_len, 'cls': cls}
 
 
+def _fit_tokenize_wordpiece(ctx: '_FitContext', vocab_size: int = 8000, max_len: int = 128,
+                            cls: bool = False, model: str = '') -> dict[str, Any]:
+  if model:
+    tok = tokenizers.WordPieceTokenizer.load(model)
+  else:
+    texts = np.concatenate(list(ctx.train_inputs()))
+    if ctx.cache_dir:
+      name = f'wordpiece_v{vocab_size}_{tokenizers.corpus_fingerprint(texts)}.json'
+      tok = tokenizers.WordPieceTokenizer.train_or_load(
+          texts, os.path.join(ctx.cache_dir, name), vocab_size)
+    else:
+      tok = tokenizers.WordPieceTokenizer.train(texts, vocab_size)
+  return {'tokenizer': tok, 'max_len': max_len, 'cls': cls}
+
+
 def tokenize(batch: Batch, rand, *, tokenizer, max_len: int, cls: bool) -> Batch:
   """Texts -> `inputs` int32 [B, max_len] and `input_mask` bool [B, max_len] (True: token)."""
   ids, mask = tokenizer.encode(batch['inputs'], max_len, add_cls=cls)
@@ -299,6 +314,8 @@ OPS: dict[str, Op] = {
     'tokenize_bytes': Op(tokenize, _fit_tokenize_bytes, tokenizes=True),
     'tokenize_spm': Op(tokenize, _fit_tokenize_spm, tokenizes=True,
                        needs_train_split=_unless_model_given),
+    'tokenize_wordpiece': Op(tokenize, _fit_tokenize_wordpiece, tokenizes=True,
+                             needs_train_split=_unless_model_given),
 }
 
 
@@ -447,8 +464,9 @@ def _finalize(batch: Batch, tokenized: bool) -> Batch:
   x = batch['inputs']
   if x.dtype.kind in 'SUO':
     raise ValueError(f'Inputs are text ({x.dtype}): add a tokenizer op to '
-                     f'config.dataset.preprocess, e.g. tokenize_bytes(max_len=256) or '
-                     f'tokenize_spm(vocab_size=8000, max_len=256).')
+                     f'config.dataset.preprocess, e.g. tokenize_bytes(max_len=256), '
+                     f'tokenize_spm(vocab_size=8000, max_len=256) or '
+                     f'tokenize_wordpiece(vocab_size=8000, max_len=256).')
   # uint8 stays uint8: the models scale it to [0, 1] (`layers.pixels_to_unit`).
   if x.dtype != np.uint8 and (x.dtype.kind == 'f' or not tokenized):
     x = x.astype(np.float32, copy=False)

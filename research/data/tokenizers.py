@@ -1,6 +1,6 @@
 """Tokenizers with one API: `encode(texts, max_len) -> (ids_NxL int32, mask_NxL bool)`.
 
-Both share the special ids `0 = [PAD]`, `1 = [CLS]`, `2 = [MASK]`, `3 = unknown`, so a
+All share the special ids `0 = [PAD]`, `1 = [CLS]`, `2 = [MASK]`, `3 = unknown`, so a
 model or a masking objective never depends on which tokenizer fed it.
 
 - `ByteTokenizer`: UTF-8 bytes, byte b -> id b + 4 (vocab 260). No files, no training;
@@ -8,6 +8,9 @@ model or a masking objective never depends on which tokenizer fed it.
 - `SentencePieceTokenizer`: trained on a dataset split (`train`) and saved as a `.model`
   file; `train_or_load` reuses the file, so a resumed run tokenizes exactly as before.
   Training runs on one thread: SentencePiece's result depends on the thread count.
+- `WordPieceTokenizer`: BERT's WordPiece (Hugging Face `tokenizers`: lower-cased, accents
+  stripped, split on whitespace and punctuation), trained on a split and saved as a
+  `tokenizer.json` file; [SEP] is a fifth special id, 4.
 
 `texts` may be a numpy array of bytes (`S`), str (`U`) or objects, or a list of Python
 bytes/str; str is encoded as UTF-8 and bytes are decoded as UTF-8 (errors replaced) where
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from typing import Protocol
 
@@ -200,6 +204,141 @@ class SentencePieceTokenizer:
     rows = [[int(i) for i in row if i >= NUM_SPECIAL_IDS or i == UNK_ID]
             for row in np.asarray(ids_NxL)]
     return self._sp.decode(rows)
+
+
+def _hf_tokenizers():
+  try:
+    import tokenizers  # the Hugging Face library (absolute import: not this module)
+  except ImportError as e:
+    raise ImportError('The WordPiece tokenizer needs '
+                      '`pip install "tokenizers>=0.21,<0.24"`.') from e
+  return tokenizers
+
+
+SEP_ID = 4
+WORDPIECE_SPECIAL_TOKENS = ('[PAD]', '[CLS]', '[MASK]', '[UNK]', '[SEP]')  # ids 0..4
+
+
+class WordPieceTokenizer:
+  """BERT's WordPiece (Hugging Face `tokenizers`) with ids 0..4 [PAD] [CLS] [MASK] [UNK] [SEP].
+
+  Texts are normalised like BERT's uncased models (lower case, accents stripped, control
+  characters removed, CJK characters split), split on whitespace and punctuation, and each
+  word is matched greedily against the vocabulary (`##` marks a word's continuation). A
+  word with a character the vocabulary lacks becomes one [UNK]. Special tokens written
+  in a text (a literal "[MASK]") are encoded as text, never as special ids.
+  """
+
+  pad_id, cls_id, mask_id, unk_id, sep_id = PAD_ID, CLS_ID, MASK_ID, UNK_ID, SEP_ID
+  special_ids = (PAD_ID, CLS_ID, MASK_ID, UNK_ID, SEP_ID)
+
+  def __init__(self, tokenizer_json: str):
+    self._tok = self._from_json(tokenizer_json)
+    expected = dict(zip(self.special_ids, WORDPIECE_SPECIAL_TOKENS))
+    got = {i: self._tok.id_to_token(i) for i in expected}
+    if got != expected:
+      raise ValueError(f'WordPiece tokenizer has special tokens {got}, expected {expected}: '
+                       f'train it with WordPieceTokenizer.train.')
+    self.json = self._tok.to_str()  # canonical (compact) form: what save() writes
+    self.vocab_size = max(self._tok.get_vocab(with_added_tokens=True).values()) + 1
+    self._by_length: dict[int, object] = {}  # text budget -> a truncating, padding copy
+
+  @staticmethod
+  def _from_json(tokenizer_json: str):
+    tok = _hf_tokenizers().Tokenizer.from_str(tokenizer_json)
+    tok.encode_special_tokens = True  # not serialised: "[MASK]" in a text is text
+    return tok
+
+  def __reduce__(self):  # picklable (grain worker processes): rebuilt from the JSON
+    return (WordPieceTokenizer, (self.json,))
+
+  @classmethod
+  def train(cls, texts, vocab_size: int, *, min_frequency: int = 0) -> 'WordPieceTokenizer':
+    """Trains on `texts` (all of them; the result does not depend on their order).
+
+    `vocab_size` is an upper bound: a small corpus gives a smaller vocabulary, but every
+    character seen (and its `##` continuation) is kept, so a corpus with more characters
+    than `vocab_size` gets only those. Read the result's `vocab_size`.
+
+    Deterministic. The library's trainer alone is not, even on one thread
+    (huggingface/tokenizers#1794): it numbers the `##c` continuation characters in hash
+    map order, and the numbers break ties between equally frequent merges. So a first
+    pass that stops before any merge (`vocab_size=1`) finds these characters, and the
+    real pass receives them, sorted, right after the special tokens, which numbers them
+    first; they are then turned back into ordinary vocabulary entries.
+    """
+    hf = _hf_tokenizers()
+    sentences = [t for t in as_str_list(texts) if t]
+    if not sentences:
+      raise ValueError('Cannot train a WordPiece tokenizer on an empty corpus.')
+    specials = list(WORDPIECE_SPECIAL_TOKENS)
+
+    def fit(size: int, reserved: list[str]):
+      tok = hf.Tokenizer(hf.models.WordPiece(unk_token='[UNK]'))
+      tok.normalizer = hf.normalizers.BertNormalizer(lowercase=True)
+      tok.pre_tokenizer = hf.pre_tokenizers.BertPreTokenizer()
+      tok.decoder = hf.decoders.WordPiece()
+      trainer = hf.trainers.WordPieceTrainer(
+          vocab_size=size, min_frequency=min_frequency, special_tokens=specials + reserved,
+          continuing_subword_prefix='##', show_progress=False)
+      tok.train_from_iterator(sentences, trainer, length=len(sentences))
+      return tok
+
+    probe = fit(1, [])  # the alphabet and its continuations, no merges
+    continuations = sorted(t for t in probe.get_vocab() if t.startswith('##') and len(t) > 2)
+    config = json.loads(fit(vocab_size, continuations).to_str())
+    config['added_tokens'] = [t for t in config['added_tokens'] if t['content'] in specials]
+    return cls(json.dumps(config, ensure_ascii=False))
+
+  @classmethod
+  def load(cls, path: str) -> 'WordPieceTokenizer':
+    with open(path, encoding='utf-8') as f:
+      return cls(f.read())
+
+  def save(self, path: str) -> None:
+    """Writes a `tokenizer.json` (`tokenizers.Tokenizer.from_file` reads it) atomically."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.write(self.json)
+    os.replace(tmp, path)
+
+  @classmethod
+  def train_or_load(cls, texts, path: str, vocab_size: int, **train_kwargs
+                    ) -> 'WordPieceTokenizer':
+    """Loads `path` if it exists, else trains on `texts` and saves there."""
+    if os.path.exists(path):
+      return cls.load(path)
+    tokenizer = cls.train(texts, vocab_size, **train_kwargs)
+    tokenizer.save(path)
+    return tokenizer
+
+  def _fixed_length(self, budget: int):
+    """A copy that truncates and pads to `budget` tokens in Rust (one per length, so
+    concurrent calls with different lengths never share truncation settings)."""
+    tok = self._by_length.get(budget)
+    if tok is None:
+      tok = self._from_json(self.json)
+      tok.enable_truncation(max_length=budget)
+      tok.enable_padding(length=budget, pad_id=PAD_ID, pad_token='[PAD]')
+      self._by_length[budget] = tok
+    return tok
+
+  def encode(self, texts, max_len: int, *, add_cls: bool = False):
+    """`(ids int32[N, max_len], mask bool[N, max_len])`; long texts are cut at max_len tokens."""
+    budget = _text_budget(max_len, add_cls)
+    # Batched in Rust (threads); no offsets. add_special_tokens=False: [CLS] is ours.
+    encodings = self._fixed_length(budget).encode_batch_fast(
+        as_str_list(texts), add_special_tokens=False)
+    ids_NxT = np.array([e.ids for e in encodings], np.int32).reshape(len(encodings), budget)
+    # [PAD] is never a text's token (special tokens in texts are encoded as text).
+    return _with_cls(ids_NxT, ids_NxT != PAD_ID, add_cls)
+
+  def decode(self, ids_NxL: np.ndarray) -> list[str]:
+    """Text of each row ([PAD], [CLS], [MASK], [SEP] dropped; [UNK] kept)."""
+    drop = [i for i in self.special_ids if i != UNK_ID]
+    rows = [row[~np.isin(row, drop)].tolist() for row in np.asarray(ids_NxL)]
+    return self._tok.decode_batch(rows, skip_special_tokens=False)
 
 
 def corpus_fingerprint(texts) -> str:
