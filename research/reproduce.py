@@ -44,9 +44,11 @@ def apply_extra_overrides(config: ml_collections.ConfigDict) -> None:
     config_lib.check_override_keys(config, [key.group(1) for key in keys])
   except KeyError as e:
     raise ConfigError(e.args[0]) from None
+  argv = ['research.reproduce', *args]
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_dict('config', config, flag_values=flag_values, lock_config=False)
-  flag_values(['research.reproduce', *args])
+  config_flags.DEFINE_config_dict('config', config, flag_values=flag_values, lock_config=False,
+                                  sys_argv=argv)
+  flag_values(argv)
 
 
 def run_all(config_paths: list[str], seeds: list[int], workdir: str) -> list[str]:

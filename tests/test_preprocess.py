@@ -39,7 +39,7 @@ def test_spec_parsing():
 
 @pytest.mark.parametrize('spec, message', [
     ('scale|normalise', r"Unknown preprocessing op 'normalise'.*available: \['flip', "
-                        r".*'tokenize_spm'\]. Did you mean 'normalize'\?"),
+                        r".*'tokenize_wordpiece'\]. Did you mean 'normalize'\?"),
     ('flip(0.5)', r'use keyword arguments, e.g. flip\(p=...\)'),
     ('flip(prob=0.5)', r"no argument\(s\) \['prob'\]; accepted: \['p'\]"),
     ('random_crop(pad=2', 'Cannot parse'),

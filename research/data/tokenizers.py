@@ -241,6 +241,10 @@ class WordPieceTokenizer:
                        f'train it with WordPieceTokenizer.train.')
     self.json = self._tok.to_str()  # canonical (compact) form: what save() writes
     self.vocab_size = max(self._tok.get_vocab(with_added_tokens=True).values()) + 1
+    # BERT's pre-tokenizer makes '[' a word of its own, so no text yields [PAD] (id 0) and
+    # the mask is `ids != 0`: cheaper than reading each encoding's attention mask.
+    pre_tokenizer = json.loads(self.json).get('pre_tokenizer') or {}
+    self._pad_only_pads = pre_tokenizer.get('type') == 'BertPreTokenizer'
     self._by_length: dict[int, object] = {}  # text budget -> a truncating, padding copy
 
   @staticmethod
@@ -256,9 +260,9 @@ class WordPieceTokenizer:
   def train(cls, texts, vocab_size: int, *, min_frequency: int = 0) -> 'WordPieceTokenizer':
     """Trains on `texts` (all of them; the result does not depend on their order).
 
-    `vocab_size` is an upper bound: a small corpus gives a smaller vocabulary, but every
-    character seen (and its `##` continuation) is kept, so a corpus with more characters
-    than `vocab_size` gets only those. Read the result's `vocab_size`.
+    `vocab_size` is an upper bound (a small corpus gives a smaller vocabulary) unless the
+    corpus has more distinct characters: every character seen, and its `##` form, is
+    kept. Read the result's `vocab_size`.
 
     Deterministic. The library's trainer alone is not, even on one thread
     (huggingface/tokenizers#1794): it numbers the `##c` continuation characters in hash
@@ -330,9 +334,13 @@ class WordPieceTokenizer:
     # Batched in Rust (threads); no offsets. add_special_tokens=False: [CLS] is ours.
     encodings = self._fixed_length(budget).encode_batch_fast(
         as_str_list(texts), add_special_tokens=False)
-    ids_NxT = np.array([e.ids for e in encodings], np.int32).reshape(len(encodings), budget)
-    # [PAD] is never a text's token (special tokens in texts are encoded as text).
-    return _with_cls(ids_NxT, ids_NxT != PAD_ID, add_cls)
+    n = len(encodings)
+    ids_NxT = np.array([e.ids for e in encodings], np.int32).reshape(n, budget)
+    if self._pad_only_pads:
+      mask_NxT = ids_NxT != PAD_ID
+    else:
+      mask_NxT = np.array([e.attention_mask for e in encodings], bool).reshape(n, budget)
+    return _with_cls(ids_NxT, mask_NxT, add_cls)
 
   def decode(self, ids_NxL: np.ndarray) -> list[str]:
     """Text of each row ([PAD], [CLS], [MASK], [SEP] dropped; [UNK] kept)."""

@@ -1,0 +1,63 @@
+"""Text classification with the WordPiece encoder of `mlm.py`, from scratch or pretrained.
+
+  python -m research.main --config=configs/text/classifier.py:reuters_r8 --workdir=runs/text/r8
+  python -m research.main --config=configs/text/classifier.py:reuters_r8,pretrained \
+      --workdir=runs/text/r8_pretrained      # after configs/text/mlm.py -> runs/text/mlm
+
+The argument is `DATASET` (reuters_r8, reuters_r52, newsgroups20, rotten_tomatoes) and
+optionally `,pretrained`:
+- from scratch: a WordPiece vocabulary trained on the dataset's own training split;
+- pretrained: `init_from` the masked-LM run in `mlm.WORKDIR` (its encoder; the masked-LM
+  head `mlm_head/` is left out and a fresh classifier `head/` initialised) with its
+  tokenizer, so token ids mean what they meant in pretraining.
+Mean pooling over the real tokens (the tokenizer's `input_mask`); evaluation on the
+whole test split at the end. Training steps per dataset: about 6-7 epochs.
+"""
+import glob
+import os
+import runpy
+
+from research import models
+from research.config import default_config
+from research.errors import ConfigError
+
+_MLM = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mlm.py'))
+STEPS = {'reuters_r8': 600, 'reuters_r52': 700, 'newsgroups20': 1100, 'rotten_tomatoes': 1000}
+
+
+def pretrained_tokenizer(workdir: str) -> str:
+  found = sorted(glob.glob(os.path.join(workdir, 'wordpiece_*.json')))
+  if not found:
+    raise ConfigError(f'No WordPiece tokenizer in {workdir!r}: run the pretraining first, '
+                      f'python -m research.main --config=configs/text/mlm.py --workdir={workdir}')
+  return os.path.abspath(found[-1])
+
+
+def get_config(arg: str = 'reuters_r8'):
+  dataset, *options = arg.split(',')
+  if dataset not in STEPS or set(options) - {'pretrained'}:
+    raise ConfigError(f'configs/text/classifier.py takes DATASET[,pretrained] with DATASET in '
+                      f'{sorted(STEPS)}; got {arg!r}.')
+  pretrained = 'pretrained' in options
+  config = default_config()
+  config.dataset.name = dataset
+  config.dataset.eval_splits = 'test'
+  max_len, vocab = _MLM['MAX_LENGTH'], _MLM['VOCAB_SIZE']
+  if pretrained:
+    workdir = _MLM['WORKDIR']
+    config.dataset.preprocess = (f'tokenize_wordpiece(model={pretrained_tokenizer(workdir)!r}, '
+                                 f'max_len={max_len})')
+    config.init_from.workdir = workdir
+  else:
+    config.dataset.preprocess = f'tokenize_wordpiece(vocab_size={vocab}, max_len={max_len})'
+  config.init_from.skip = '^head/|^mlm_head/'
+  config.model = models.model_config('transformer', head='classify', pooling='mean',
+                                     dropout_rate=0.1, **_MLM['encoder']())
+  config.batch_size = 64
+  config.eval_batch_size = 256
+  config.num_train_steps = STEPS[dataset]
+  config.eval_every_steps = 0
+  config.log_every_steps = 50
+  config.checkpoint.every_steps = 500
+  _MLM['adamw'](config, learning_rate=5e-4, warmup_steps=60)
+  return config
