@@ -217,3 +217,39 @@ def test_masked_lm_masking_follows_bert_proportions_and_skips_specials():
   assert abs(rate - 0.15) < 0.01 and abs(as_mask - 0.8) < 0.03 and abs(unchanged - 0.1) < 0.03
   assert not chosen[:, 100:].any()  # padding never chosen
   assert (inputs[~chosen] == tokens[~chosen]).all()  # the rest untouched
+
+
+def test_masked_lm_head_at_chosen_positions_equals_the_full_head():
+  """max_predictions=P: the head runs on P positions per row; with no row over P chosen
+  tokens, loss and statistics equal those of the head over every position."""
+  from research.objectives import masked_lm
+  model = models.build_model(models.model_config(
+      'transformer', frontend='text', head='masked_lm', vocab_size=260, max_length=64,
+      num_layers=1, hidden_size=32, num_heads=2, dropout_rate=0.0), 0)
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(4, 260, (8, 64)).astype(np.int32)
+  tokens[:, 50:] = 0
+  batch = {'inputs': tokens, 'labels': np.zeros(8, np.int32), 'mask': np.ones(8, bool),
+           'input_mask': tokens != 0}
+  variables = model.init(jax.random.key(0), tokens)
+  key = jax.random.key(3)
+  full = masked_lm.MaskedLM()
+  capped = masked_lm.MaskedLM(max_predictions=24)
+  b_full, b_capped = full.prepare(batch, key, True), capped.prepare(batch, key, True)
+  np.testing.assert_array_equal(b_full['inputs'], b_capped['inputs'])  # the same corruption
+  assert b_capped['mlm_positions'].shape == (8, 24)
+  assert int(b_capped['mlm_position_weights'].sum()) == int(b_full['mlm_weights'].sum())
+  logits_full = model.apply(variables, b_full['inputs'], mask_BxL=batch['input_mask'])
+  logits_pos = model.apply(variables, b_capped['inputs'], mask_BxL=batch['input_mask'],
+                           positions_BxP=b_capped['mlm_positions'])
+  assert logits_pos.shape == (8, 24, 260)
+  loss_full, weight_full, sums_full = full.loss(logits_full, b_full)
+  loss_pos, weight_pos, sums_pos = capped.loss(logits_pos, b_capped)
+  np.testing.assert_allclose(loss_pos, loss_full, rtol=1e-5)
+  assert float(weight_pos) == float(weight_full) and float(sums_pos['masked_accuracy']) == float(
+      sums_full['masked_accuracy'])
+  summary = capped.summarize(capped.eval_statistics(logits_pos, b_capped))
+  assert summary['dropped_predictions'] == 0.0
+  tight = masked_lm.MaskedLM(max_predictions=4).prepare(batch, key, True)
+  dropped = tight['mlm_weights'].sum() - tight['mlm_position_weights'].sum()
+  assert float(dropped) > 0  # rows with more than 4 chosen tokens predict only 4

@@ -257,8 +257,9 @@ class TransformerEncoder(nn.Module):
   def uses_class_token(self) -> bool:
     return self.head == 'classify' and self.pooling == 'cls'
 
-  # Batch fields the trainer passes to __call__, as {batch field: keyword argument}.
-  batch_inputs = {'input_mask': 'mask_BxL'}
+  # Batch fields the trainer passes to __call__, as {batch field: keyword argument}:
+  # the tokenizer's padding mask, and the positions a masked-LM objective predicts.
+  batch_inputs = {'input_mask': 'mask_BxL', 'mlm_positions': 'positions_BxP'}
 
   def flops_terms(self, input_shape: Sequence[int]) -> dict[str, int]:
     """The terms of the training FLOPs per example (`research.models` convention), and
@@ -414,10 +415,14 @@ class TransformerEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False,
-               mask_BxL: jnp.ndarray | None = None) -> jnp.ndarray:
+               mask_BxL: jnp.ndarray | None = None,
+               positions_BxP: jnp.ndarray | None = None) -> jnp.ndarray:
     """`logits_BxK` ('classify') or `logits_BxNxV` ('masked_lm'), float32.
 
-    `mask_BxL` (text only) overrides the padding mask `x != pad_id`.
+    `mask_BxL` (text only) overrides the padding mask `x != pad_id`. `positions_BxP`
+    ('masked_lm' only): the head runs on those P token positions only and returns
+    `logits_BxPxV`, as BERT does (the vocabulary projection of every token would
+    otherwise dominate the step's cost).
     """
     self.check()
     dtype = jnp.dtype(self.dtype)
@@ -445,6 +450,9 @@ class TransformerEncoder(nn.Module):
     x_BxNxD = self._encode(x_BxNxD, mask_BxN, deterministic, dtype, num_tokens)
 
     if self.head == 'masked_lm':
+      if positions_BxP is not None:
+        x_BxNxD = jnp.take_along_axis(x_BxNxD, positions_BxP[..., None].astype(jnp.int32),
+                                      axis=1)  # x_BxPxD
       logits_BxNxV = layers.dense(self.vocab_size, 'embed', 'vocab', name='mlm_head',
                                   dtype=dtype)(x_BxNxD)
       return logits_BxNxV.astype(jnp.float32)
