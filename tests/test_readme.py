@@ -39,12 +39,12 @@ TIMEOUT_S = 150  # per command; all of them take about 2.5 minutes on a busy 2-c
 # Steps shrunk for every research.main / research.reproduce run (env wins over the command).
 SHRINK = ('--config.num_train_steps=20 --config.eval_every_steps=10 --config.log_every_steps=10 '
           '--config.checkpoint.every_steps=10 --config.write_report=False '
-          '--config.progress_bar=False')
+          '--config.progress_bar=False --config.optimizer.warmup_steps=2')
 
 SKIPPED = {
     'make test': 'runs the test suite this test is part of (recursion)',
     'make test-slow': 'the long suite: recursion, and tens of minutes',
-    'pip install torch --index-url https://download.pytorch.org/whl/cpu':
+    'pip install torch==2.13.0':
         'needs the network and changes the shared .venv',
 }
 
