@@ -20,6 +20,10 @@ import runpy
 from research import models
 from research.config import default_config
 
+# The AdamW recipe shared with configs/text/.
+_TEXT = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'text',
+                                    'mlm.py'))
+
 _MLM = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'mlm.py'))
 
 
@@ -37,11 +41,5 @@ def get_config():
   config.eval_every_steps = 500
   config.log_every_steps = 100
   config.checkpoint.every_steps = 500
-  config.optimizer.name = 'adamw'
-  config.optimizer.learning_rate = 5e-4
-  config.optimizer.schedule = 'cosine'
-  config.optimizer.warmup_steps = 100
-  config.optimizer.weight_decay = 0.01
-  config.optimizer.no_weight_decay = 'bias$|scale$|embedding$'
-  config.optimizer.grad_clip_norm = 1.0
+  _TEXT['adamw'](config, learning_rate=5e-4, warmup_steps=100)
   return config

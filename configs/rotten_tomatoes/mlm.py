@@ -13,8 +13,15 @@ learnt anything beyond byte frequencies.
 The encoder's weights then start a classifier (configs/rotten_tomatoes/classifier.py,
 `--config.init_from.workdir=runs/rt_mlm`). Sized for a CPU (2 layers, d=128).
 """
+import os
+import runpy
+
 from research import models, objectives
 from research.config import default_config
+
+# The AdamW recipe shared with configs/text/.
+_TEXT = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'text',
+                                    'mlm.py'))
 
 MAX_LENGTH = 128
 BYTE_VOCAB_SIZE = 260  # 256 bytes + [PAD], [CLS], [MASK], unknown
@@ -42,11 +49,5 @@ def get_config():
   config.eval_every_steps = 500
   config.log_every_steps = 100
   config.checkpoint.every_steps = 500
-  config.optimizer.name = 'adamw'
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.schedule = 'cosine'
-  config.optimizer.warmup_steps = 200
-  config.optimizer.weight_decay = 0.01
-  config.optimizer.no_weight_decay = 'bias$|scale$|embedding$'
-  config.optimizer.grad_clip_norm = 1.0
+  _TEXT['adamw'](config, learning_rate=1e-3, warmup_steps=200)
   return config

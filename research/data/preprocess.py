@@ -240,33 +240,34 @@ def _fit_tokenize_bytes(ctx: '_FitContext', max_len: int = 128, cls: bool = Fals
   return {'tokenizer': tokenizers.ByteTokenizer(), 'max_len': max_len, 'cls': cls}
 
 
+def _fit_trained_tokenizer(ctx: '_FitContext', tokenizer_cls, file_name: str,
+                           vocab_size: int, model: str, **train_kwargs):
+  """A subword tokenizer: loaded from `model`, or trained on the training split's texts
+  and cached in the workdir as `file_name` (with the corpus fingerprint), so a resumed run
+  or an evaluation tokenizes exactly as the run did."""
+  if model:
+    return tokenizer_cls.load(model)
+  texts = np.concatenate(list(ctx.train_inputs()))
+  if not ctx.cache_dir:
+    return tokenizer_cls.train(texts, vocab_size, **train_kwargs)
+  name = file_name.format(vocab_size=vocab_size,
+                          fingerprint=tokenizers.corpus_fingerprint(texts))
+  return tokenizer_cls.train_or_load(texts, os.path.join(ctx.cache_dir, name), vocab_size,
+                                     **train_kwargs)
+
+
 def _fit_tokenize_spm(ctx: '_FitContext', vocab_size: int = 8000, max_len: int = 128,
                       cls: bool = False, model: str = '') -> dict[str, Any]:
-  if model:
-    tok = tokenizers.SentencePieceTokenizer.load(model)
-  else:
-    texts = np.concatenate(list(ctx.train_inputs()))
-    if ctx.cache_dir:
-      name = f'sentencepiece_v{vocab_size}_{tokenizers.corpus_fingerprint(texts)}.model'
-      tok = tokenizers.SentencePieceTokenizer.train_or_load(
-          texts, os.path.join(ctx.cache_dir, name), vocab_size, seed=_SPM_SEED)
-    else:
-      tok = tokenizers.SentencePieceTokenizer.train(texts, vocab_size, seed=_SPM_SEED)
+  tok = _fit_trained_tokenizer(ctx, tokenizers.SentencePieceTokenizer,
+                               'sentencepiece_v{vocab_size}_{fingerprint}.model', vocab_size,
+                               model, seed=_SPM_SEED)
   return {'tokenizer': tok, 'max_len': max_len, 'cls': cls}
 
 
 def _fit_tokenize_wordpiece(ctx: '_FitContext', vocab_size: int = 8000, max_len: int = 128,
                             cls: bool = False, model: str = '') -> dict[str, Any]:
-  if model:
-    tok = tokenizers.WordPieceTokenizer.load(model)
-  else:
-    texts = np.concatenate(list(ctx.train_inputs()))
-    if ctx.cache_dir:
-      name = f'wordpiece_v{vocab_size}_{tokenizers.corpus_fingerprint(texts)}.json'
-      tok = tokenizers.WordPieceTokenizer.train_or_load(
-          texts, os.path.join(ctx.cache_dir, name), vocab_size)
-    else:
-      tok = tokenizers.WordPieceTokenizer.train(texts, vocab_size)
+  tok = _fit_trained_tokenizer(ctx, tokenizers.WordPieceTokenizer,
+                               'wordpiece_v{vocab_size}_{fingerprint}.json', vocab_size, model)
   return {'tokenizer': tok, 'max_len': max_len, 'cls': cls}
 
 
