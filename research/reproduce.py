@@ -3,8 +3,9 @@
   python -m research.reproduce --workdir=runs/mnist1d_table --seeds=0,1,2 \
       --configs=configs/mnist1d/logistic.py,configs/mnist1d/mlp.py,configs/mnist1d/cnn.py
 
-Each run goes to WORKDIR/<config name>/seed<k> (a finished run is reused, an interrupted one
-resumes). The table is printed and written to WORKDIR/table.md. $RESEARCH_EXTRA_OVERRIDES
+A config may take an argument (`configs/text/classifier.py:reuters_r8+pretrained`; the run's
+name is then `classifier-reuters_r8+pretrained`). Each run goes to WORKDIR/<name>/seed<k> (a
+finished run is reused, an interrupted one resumes). The table is printed and written to WORKDIR/table.md. $RESEARCH_EXTRA_OVERRIDES
 (`--config.KEY=VALUE ...`, as for research.main) applies to every run, e.g. to shrink steps.
 """
 from __future__ import annotations
@@ -53,19 +54,21 @@ def apply_extra_overrides(config: ml_collections.ConfigDict) -> None:
 
 def run_all(config_paths: list[str], seeds: list[int], workdir: str) -> list[str]:
   run_dirs = []
-  for path in config_paths:
-    name = os.path.splitext(os.path.basename(path))[0]
+  for spec in config_paths:
+    path, _, arg = spec.partition(':')  # 'configs/text/classifier.py:reuters_r8+pretrained'
+    name = os.path.splitext(os.path.basename(path))[0] + (f'-{arg}' if arg else '')
     for seed in seeds:
       run_dir = os.path.join(workdir, name, f'seed{seed}')
       run_dirs.append(run_dir)
       if os.path.exists(os.path.join(run_dir, 'results.json')):
         logging.info('Reusing finished run %s', run_dir)
         continue
-      config = runpy.run_path(path)['get_config']()
+      get_config = runpy.run_path(path)['get_config']
+      config = get_config(arg) if arg else get_config()
       apply_extra_overrides(config)
       config.seed = seed
       config.progress_bar = False
-      logging.info('Running %s seed %d -> %s', path, seed, run_dir)
+      logging.info('Running %s seed %d -> %s', spec, seed, run_dir)
       training.train_and_evaluate(config, run_dir)
   return run_dirs
 

@@ -304,3 +304,16 @@ def test_comparison_table_function():
   assert compare.comparison_table({'mlp': [65.1]}, unit='percent').count('-2.90') == 1
   with pytest.raises(ValueError, match="unit='percent'"):
     compare.comparison_table({'mlp': [65.1]})
+
+
+def test_reproduce_passes_a_config_argument(tmp_path):
+  """`path:ARG` reaches get_config(ARG) and names the run directory; commas separate configs."""
+  from research import reproduce
+  config_file = tmp_path / 'tiny.py'
+  config_file.write_text(
+      'from tests.helpers import tiny_config\n'
+      'def get_config(arg="3"):\n'
+      '  return tiny_config("logistic", steps=int(arg))\n')
+  run_dirs = reproduce.run_all([f'{config_file}:4', f'{config_file}:6'], [0], str(tmp_path / 'runs'))
+  assert [os.path.relpath(d, tmp_path / 'runs') for d in run_dirs] == ['tiny-4/seed0', 'tiny-6/seed0']
+  assert [json.loads(open(os.path.join(d, 'results.json')).read())['steps'] for d in run_dirs] == [4, 6]

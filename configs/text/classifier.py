@@ -1,11 +1,11 @@
 """Text classification with the WordPiece encoder of `mlm.py`, from scratch or pretrained.
 
   python -m research.main --config=configs/text/classifier.py:reuters_r8 --workdir=runs/text/r8
-  python -m research.main --config=configs/text/classifier.py:reuters_r8,pretrained \
+  python -m research.main --config=configs/text/classifier.py:reuters_r8+pretrained \
       --workdir=runs/text/r8_pretrained      # after configs/text/mlm.py -> runs/text/mlm
 
 The argument is `DATASET` (reuters_r8, reuters_r52, newsgroups20, rotten_tomatoes) and
-optionally `,pretrained`:
+optionally `+pretrained` (`+`, not `,`: a comma separates configs in research.reproduce):
 - from scratch: a WordPiece vocabulary trained on the dataset's own training split;
 - pretrained: `init_from` the masked-LM run in `mlm.WORKDIR` (its encoder; the masked-LM
   head `mlm_head/` is left out and a fresh classifier `head/` initialised) with its
@@ -34,9 +34,9 @@ def pretrained_tokenizer(workdir: str) -> str:
 
 
 def get_config(arg: str = 'reuters_r8'):
-  dataset, *options = arg.split(',')
+  dataset, *options = arg.split('+')
   if dataset not in STEPS or set(options) - {'pretrained'}:
-    raise ConfigError(f'configs/text/classifier.py takes DATASET[,pretrained] with DATASET in '
+    raise ConfigError(f'configs/text/classifier.py takes DATASET[+pretrained] with DATASET in '
                       f'{sorted(STEPS)}; got {arg!r}.')
   pretrained = 'pretrained' in options
   config = default_config()

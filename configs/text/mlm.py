@@ -8,7 +8,7 @@ its `validation` split, 558 texts, is the masked-LM evaluation). Tokenizer: Word
 (8,000 pieces, trained on that corpus, saved in the workdir), 128 tokens per text.
 Objective: BERT's masking (15% of real tokens; 80% [MASK], 10% random, 10% unchanged).
 
-`configs/text/classifier.py:DATASET,pretrained` fine-tunes this encoder (and reuses this
+`configs/text/classifier.py:DATASET+pretrained` fine-tunes this encoder (and reuses this
 tokenizer). Sized for a 2-core CPU: 2 layers, d=128, 4 heads (about 2.3M parameters).
 """
 from research import models, objectives
@@ -16,7 +16,7 @@ from research.config import default_config
 
 MAX_LENGTH = 128
 VOCAB_SIZE = 8000
-WORKDIR = 'runs/text/mlm'  # where classifier.py:DATASET,pretrained looks for it
+WORKDIR = 'runs/text/mlm'  # where classifier.py:DATASET+pretrained looks for it
 
 
 def encoder(**overrides) -> dict:
