@@ -19,8 +19,10 @@ demo: $(STAMP)
 	rm -rf runs/demo
 	$(PY) -m research.main --config=configs/mnist1d/cnn.py --workdir=runs/demo
 
+# Two worker processes (pytest-xdist); a module's tests stay on one worker, so its
+# module-scoped fixtures (the 8-device runs) are computed once.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadscope
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

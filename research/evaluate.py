@@ -24,18 +24,9 @@ _CHECKPOINT = flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a
 _SPLIT = flags.DEFINE_string('split', 'test', 'The tfds split to evaluate.')
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise ConfigError(f'{path} does not exist: --workdir={workdir!r} is not a run directory '
-                      '(one written by research.main).')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def evaluate_run(workdir: str, checkpoint: str = 'latest', split: str = 'test') -> dict[str, Any]:
   """Metrics of `split` at a saved checkpoint; also written to WORKDIR/eval/<split>-<step>.json."""
-  config = load_run_config(workdir)
+  config = writers.read_config(workdir)
   config.checkpoint.async_save = False
   checkpointer = checkpoint_lib.Checkpointer.for_run(workdir, config)
   if checkpoint == 'latest':

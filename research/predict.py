@@ -19,9 +19,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from research import writers
 from research.data import pipeline, sources
 from research.errors import ConfigError
-from research.evaluate import load_run_config
 from research.parallel import sharding
 from research.training import checkpoint as checkpoint_lib
 from research.training import experiment
@@ -36,7 +36,7 @@ class Predictor:
 
   @classmethod
   def from_workdir(cls, workdir: str, checkpoint: str | int = 'latest') -> 'Predictor':
-    config = load_run_config(workdir)
+    config = writers.read_config(workdir)
     config.checkpoint.async_save = False
     checkpointer = checkpoint_lib.Checkpointer.for_run(workdir, config)
     steps = checkpointer.all_steps()

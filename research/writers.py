@@ -48,6 +48,17 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   write_json_atomic(os.path.join(workdir, 'config.json'), config.to_dict())
 
 
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run wrote (WORKDIR/config.json)."""
+  from research.errors import ConfigError  # writers is imported everywhere: keep it light
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ConfigError(f'{path} does not exist: {workdir!r} is not a run directory (one '
+                      'written by research.main).')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
 class MetricsLog:
   """Appends one JSON object per logged (step, split) to metrics.jsonl."""
 

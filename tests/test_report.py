@@ -308,12 +308,16 @@ def test_comparison_table_function():
 
 def test_reproduce_passes_a_config_argument(tmp_path):
   """`path:ARG` reaches get_config(ARG) and names the run directory; commas separate configs."""
-  from research import reproduce
+  from tests.helpers import REPO_ROOT, run_module
   config_file = tmp_path / 'tiny.py'
   config_file.write_text(
       'from tests.helpers import tiny_config\n'
       'def get_config(arg="3"):\n'
       '  return tiny_config("logistic", steps=int(arg))\n')
-  run_dirs = reproduce.run_all([f'{config_file}:4', f'{config_file}:6'], [0], str(tmp_path / 'runs'))
-  assert [os.path.relpath(d, tmp_path / 'runs') for d in run_dirs] == ['tiny-4/seed0', 'tiny-6/seed0']
-  assert [json.loads(open(os.path.join(d, 'results.json')).read())['steps'] for d in run_dirs] == [4, 6]
+  proc = run_module('research.reproduce', f'--workdir={tmp_path / "runs"}', '--seeds=0',
+                    f'--configs={config_file}:4,{config_file}:6',
+                    env={'PYTHONPATH': REPO_ROOT})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  steps = {name: json.loads((tmp_path / 'runs' / name / 'seed0' / 'results.json').read_text())['steps']
+           for name in ('tiny-4', 'tiny-6')}
+  assert steps == {'tiny-4': 4, 'tiny-6': 6}

@@ -41,7 +41,7 @@ def test_tokenizer_mask_reaches_the_encoder(repo_root, mock_tfds, tmp_path):
   the same logits as the model's pad-id fallback."""
   with mock_tfds(num_examples=16):
     exp = experiment.build(_imdb_config(repo_root), eval_split_names=['test'])
-    assert exp.input_fields == {'input_mask': 'mask_BxL'}
+    assert exp.input_fields == {'input_mask': 'mask_BxL', 'mlm_positions': 'positions_BxP'}
     state = exp.initial_state()
     _, batch = next(iter(exp.eval_batches('test')))
     with sharding.activate(exp.mesh):
