@@ -124,7 +124,20 @@ def _spm():
   return sentencepiece
 
 
-class SentencePieceTokenizer:
+class _TrainedTokenizer:
+  """What the trained subword tokenizers share: train once, then reuse the saved file."""
+
+  @classmethod
+  def train_or_load(cls, texts, path: str, vocab_size: int, **train_kwargs):
+    """Loads `path` if it exists, else trains on `texts` and saves there."""
+    if os.path.exists(path):
+      return cls.load(path)
+    tokenizer = cls.train(texts, vocab_size, **train_kwargs)
+    tokenizer.save(path)
+    return tokenizer
+
+
+class SentencePieceTokenizer(_TrainedTokenizer):
   """A SentencePiece model whose ids 0..3 are [PAD], [CLS], [MASK], unknown."""
 
   def __init__(self, model_proto: bytes):
@@ -179,16 +192,6 @@ class SentencePieceTokenizer:
       f.write(self.model_proto)
     os.replace(tmp, path)
 
-  @classmethod
-  def train_or_load(cls, texts, path: str, vocab_size: int, **train_kwargs
-                    ) -> 'SentencePieceTokenizer':
-    """Loads `path` if it exists, else trains on `texts` and saves there."""
-    if os.path.exists(path):
-      return cls.load(path)
-    tokenizer = cls.train(texts, vocab_size, **train_kwargs)
-    tokenizer.save(path)
-    return tokenizer
-
   def encode(self, texts, max_len: int, *, add_cls: bool = False):
     """`(ids int32[N, max_len], mask bool[N, max_len])`; long texts are cut at max_len pieces."""
     budget = _text_budget(max_len, add_cls)
@@ -219,7 +222,7 @@ SEP_ID = 4
 WORDPIECE_SPECIAL_TOKENS = ('[PAD]', '[CLS]', '[MASK]', '[UNK]', '[SEP]')  # ids 0..4
 
 
-class WordPieceTokenizer:
+class WordPieceTokenizer(_TrainedTokenizer):
   """BERT's WordPiece (Hugging Face `tokenizers`) with ids 0..4 [PAD] [CLS] [MASK] [UNK] [SEP].
 
   Texts are normalised like BERT's uncased models (lower case, accents stripped, control
@@ -306,16 +309,6 @@ class WordPieceTokenizer:
     with open(tmp, 'w', encoding='utf-8') as f:
       f.write(self.json)
     os.replace(tmp, path)
-
-  @classmethod
-  def train_or_load(cls, texts, path: str, vocab_size: int, **train_kwargs
-                    ) -> 'WordPieceTokenizer':
-    """Loads `path` if it exists, else trains on `texts` and saves there."""
-    if os.path.exists(path):
-      return cls.load(path)
-    tokenizer = cls.train(texts, vocab_size, **train_kwargs)
-    tokenizer.save(path)
-    return tokenizer
 
   def _fixed_length(self, budget: int):
     """A copy that truncates and pads to `budget` tokens in Rust (one per length, so
