@@ -11,7 +11,6 @@ They come after the command line's, so they win; `research.reproduce` applies th
 """
 from __future__ import annotations
 
-import logging as pylogging
 import os
 import re
 import runpy
@@ -23,6 +22,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from research import config as config_lib
+from research import logs
 from research.errors import one_line_errors
 from research.training import preemption
 from research.evaluation import reporting
@@ -66,19 +66,11 @@ def _check_overrides(argv: list[str]) -> None:
     sys.exit(f'Error: {e.args[0]}')
 
 
-class _OnlyOurInfo(pylogging.Filter):
-  """Keeps INFO lines from this package; libraries (Orbax, tfds, jax) only warn and up."""
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.WARNING or f'{os.sep}research{os.sep}' in record.pathname
-
-
 @one_line_errors  # a user mistake (ConfigError): one line, no traceback
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_OnlyOurInfo())
+  logs.show_our_progress()
   try:
     results = training.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except preemption.Preempted as e:

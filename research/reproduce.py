@@ -20,7 +20,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from research.evaluation import compare
-from research import training
+from research import logs, training
 from research import config as config_lib
 from research.errors import ConfigError, one_line_errors
 
@@ -76,7 +76,7 @@ def run_all(config_paths: list[str], seeds: list[int], workdir: str) -> list[str
 @one_line_errors
 def main(argv: list[str]) -> None:
   del argv
-  logging.set_verbosity(logging.INFO)
+  logs.show_our_progress()
   run_dirs = run_all(_CONFIGS.value, [int(s) for s in _SEEDS.value], _WORKDIR.value)
   groups, skipped = compare.load_runs(run_dirs)
   for warning in skipped:
