@@ -7,6 +7,9 @@ and a misspelt key fails instead of being silently ignored.
 from __future__ import annotations
 
 import difflib
+import os
+import re
+import shlex
 
 import ml_collections
 
@@ -218,3 +221,16 @@ def check_override_keys(config: ml_collections.ConfigDict, dotted_keys: list[str
             f'Unknown config key {"config." + dotted!r}: {path!r} has no key {part!r}.{hint}\n'
             f'Valid keys in {path}: {", ".join(valid) or "(none: it is not a block)"}.')
       node, path = node[part], f'{path}.{part}'
+
+
+EXTRA_OVERRIDES_ENV = 'RESEARCH_EXTRA_OVERRIDES'
+
+
+def extra_overrides() -> list[str]:
+  """The `--config.KEY=VALUE` overrides in $RESEARCH_EXTRA_OVERRIDES, split as a shell would
+  (research.main and research.reproduce apply them after the command line's)."""
+  args = shlex.split(os.environ.get(EXTRA_OVERRIDES_ENV, ''))
+  bad = [arg for arg in args if not re.match(r'^--config\.[A-Za-z0-9_.]+=', arg)]
+  if bad:
+    raise ConfigError(f'${EXTRA_OVERRIDES_ENV} takes only --config.KEY=VALUE overrides, got {bad}.')
+  return args

@@ -7,17 +7,14 @@ devices, evaluates the split and writes DIR/eval/<split>-<step>.json.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
-import ml_collections
 from absl import app, flags, logging
 
-from research.training import checkpoint as checkpoint_lib
 from research.training import experiment
 from research import writers
-from research.errors import ConfigError, one_line_errors
+from research.errors import one_line_errors
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'A run directory written by research.main.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")
@@ -26,30 +23,8 @@ _SPLIT = flags.DEFINE_string('split', 'test', 'The tfds split to evaluate.')
 
 def evaluate_run(workdir: str, checkpoint: str = 'latest', split: str = 'test') -> dict[str, Any]:
   """Metrics of `split` at a saved checkpoint; also written to WORKDIR/eval/<split>-<step>.json."""
-  config = writers.read_config(workdir)
-  config.checkpoint.async_save = False
-  checkpointer = checkpoint_lib.Checkpointer.for_run(workdir, config)
-  if checkpoint == 'latest':
-    step = checkpointer.latest_step()
-  elif checkpoint == 'best':
-    if not checkpointer.best_metric:
-      raise ConfigError('--checkpoint=best needs a run with checkpoint.best_metric or '
-                       'early_stopping.metric set; this run has neither.')
-    step = checkpointer.best_step()
-  elif checkpoint.isdigit():
-    step = int(checkpoint)
-  else:
-    raise ConfigError(f"--checkpoint must be 'latest', 'best' or a step number, got {checkpoint!r}.")
-  if step is None:
-    raise ConfigError(f'No checkpoint in {checkpointer.directory}.')
-  if step not in checkpointer.all_steps():
-    raise ConfigError(f'--checkpoint={checkpoint}: no checkpoint at step {step} in '
-                      f'{checkpointer.directory}; available steps: {checkpointer.all_steps()}.')
-
-  exp = experiment.build(config, load_train_split=False, eval_split_names=[split],
-                         workdir=workdir)
-  state = checkpointer.restore_state(exp.abstract_state, step)
-  checkpointer.close()
+  _, exp, state, step = experiment.restore_run(workdir, checkpoint,
+                                               eval_split_names=[split])
   result = {'step': step, 'checkpoint': checkpoint, 'split': split,
             **exp.evaluate(state, split)}
   out_dir = writers.prepare_workdir(os.path.join(workdir, 'eval'))

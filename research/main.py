@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import runpy
-import shlex
 import sys
 
 import jax
@@ -23,7 +22,7 @@ from ml_collections import config_flags
 
 from research import config as config_lib
 from research import logs
-from research.errors import one_line_errors
+from research.errors import ConfigError, one_line_errors
 from research.training import preemption
 from research.evaluation import reporting
 from research import training
@@ -34,18 +33,6 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for outputs (created 
 flags.mark_flags_as_required(['config', 'workdir'])
 
 _OVERRIDE = re.compile(r'^--config\.([A-Za-z0-9_.]+)(=|$)')
-EXTRA_OVERRIDES_ENV = 'RESEARCH_EXTRA_OVERRIDES'
-
-
-def extra_overrides() -> list[str]:
-  """The `--config.KEY=VALUE` overrides in $RESEARCH_EXTRA_OVERRIDES, split as a shell would."""
-  args = shlex.split(os.environ.get(EXTRA_OVERRIDES_ENV, ''))
-  bad = [arg for arg in args if not re.match(r'^--config\.[A-Za-z0-9_.]+=', arg)]
-  if bad:
-    sys.exit(f'Error: ${EXTRA_OVERRIDES_ENV} takes only --config.KEY=VALUE overrides, got {bad}.')
-  return args
-
-
 def _check_overrides(argv: list[str]) -> None:
   """Fails early, with the valid keys, on an override the config file does not define."""
   path = None
@@ -82,7 +69,10 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-  sys.argv += extra_overrides()
+  try:
+    sys.argv += config_lib.extra_overrides()
+  except ConfigError as e:
+    sys.exit(f'Error: {e}')
   _check_overrides(sys.argv)
   app.run(main)
 

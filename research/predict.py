@@ -19,11 +19,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from research import writers
 from research.data import pipeline, sources
 from research.errors import ConfigError
 from research.parallel import sharding
-from research.training import checkpoint as checkpoint_lib
 from research.training import experiment
 
 
@@ -36,20 +34,7 @@ class Predictor:
 
   @classmethod
   def from_workdir(cls, workdir: str, checkpoint: str | int = 'latest') -> 'Predictor':
-    config = writers.read_config(workdir)
-    config.checkpoint.async_save = False
-    checkpointer = checkpoint_lib.Checkpointer.for_run(workdir, config)
-    steps = checkpointer.all_steps()
-    step = checkpointer.latest_step() if checkpoint == 'latest' else int(checkpoint)
-    if step is None or step not in steps:
-      raise ConfigError(f'No checkpoint {checkpoint!r} in {checkpointer.directory}; '
-                        f'available steps: {steps}.')
-    splits = [s.strip() for s in config.dataset.eval_splits.split(',') if s.strip()]
-    exp = experiment.build(config, load_train_split=False,
-                           eval_split_names=splits[:1] or [config.dataset.train_split],
-                           workdir=workdir)
-    state = checkpointer.restore_state(exp.abstract_state, step)
-    checkpointer.close()
+    _, exp, state, step = experiment.restore_run(workdir, checkpoint)
     return cls(exp, state, step)
 
   def outputs(self, inputs: Sequence[Any] | np.ndarray) -> np.ndarray:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import runpy
-import shlex
 
 import ml_collections
 from absl import app, flags, logging
@@ -36,11 +35,8 @@ def apply_extra_overrides(config: ml_collections.ConfigDict) -> None:
 
   (research.main appends them to its argv; its flags cannot be imported next to ours.)
   """
-  args = shlex.split(os.environ.get('RESEARCH_EXTRA_OVERRIDES', ''))
+  args = config_lib.extra_overrides()
   keys = [re.match(r'^--config\.([A-Za-z0-9_.]+)=', arg) for arg in args]
-  if not all(keys):
-    raise ConfigError(f'$RESEARCH_EXTRA_OVERRIDES takes only --config.KEY=VALUE overrides, '
-                      f'got {[a for a, k in zip(args, keys) if not k]}.')
   try:
     config_lib.check_override_keys(config, [key.group(1) for key in keys])
   except KeyError as e:

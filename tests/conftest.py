@@ -7,7 +7,12 @@ import tempfile
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-os.environ.setdefault('TFDS_DATA_DIR', tempfile.mkdtemp(prefix='research_tfds_'))
+# Under pytest-xdist each worker process gets its own: two workers preparing one dataset in
+# one directory race on tfds' final rename. A TFDS_DATA_DIR set by the user is kept.
+if 'TFDS_DATA_DIR' not in os.environ or os.environ.get('RESEARCH_TESTS_OWN_TFDS_DIR'):
+  os.environ['TFDS_DATA_DIR'] = tempfile.mkdtemp(
+      prefix=f"research_tfds_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_")
+  os.environ['RESEARCH_TESTS_OWN_TFDS_DIR'] = '1'
 
 
 @pytest.fixture

@@ -506,12 +506,18 @@ class Preprocess:
     return any(op.tokenizes for op, _ in self.steps)
 
   @property
-  def vocab_size(self) -> int | None:
-    """The tokenizer's vocabulary size (for the model's embedding), or None."""
+  def tokenizer(self):
+    """The tokenizer the ops fitted, or None."""
     for op, params in self.steps:
       if op.tokenizes:
-        return params['tokenizer'].vocab_size
+        return params['tokenizer']
     return None
+
+  @property
+  def vocab_size(self) -> int | None:
+    """The tokenizer's vocabulary size (for the model's embedding), or None."""
+    tokenizer = self.tokenizer
+    return tokenizer.vocab_size if tokenizer is not None else None
 
   @property
   def train_fn(self) -> PreprocessFn:

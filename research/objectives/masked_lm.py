@@ -33,14 +33,6 @@ from research.evaluation import metrics as metrics_lib
 from research.objectives.base import Batch, Objective
 
 
-def find_tokenizer(preprocess: Any):
-  """The tokenizer fitted by the preprocessing ops, or None."""
-  for op, params in getattr(preprocess, 'steps', ()):
-    if op.tokenizes:
-      return params['tokenizer']
-  return None
-
-
 def mask_tokens(key: jax.Array, tokens_BxL: jax.Array, maskable_BxL: jax.Array, *,
                 mask_rate: float, mask_id: int, first_regular_id: int, vocab_size: int,
                 replace_with_mask: float = 0.8, replace_with_random: float = 0.1
@@ -79,7 +71,7 @@ class MaskedLM(Objective):
     self.mask_rate = mask_rate
     self.max_predictions = int(max_predictions)
     self.replace_with_mask, self.replace_with_random = replace_with_mask, replace_with_random
-    tokenizer = find_tokenizer(preprocess)
+    tokenizer = preprocess.tokenizer if preprocess is not None else None
     if preprocess is not None and tokenizer is None:
       raise ConfigError("objective='masked_lm' needs token ids: add a tokenizer op to "
                         "config.dataset.preprocess, e.g. 'tokenize_bytes(max_len=128)'.")

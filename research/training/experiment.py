@@ -18,11 +18,13 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
-from research import models, objectives
+from research import config as config_lib
+from research import models, objectives, writers
 from research.data import pipeline, preprocess, sources
 from research.errors import ConfigError
 from research.evaluation import evaluators
 from research.parallel import sharding
+from research.training import checkpoint as checkpoint_lib
 from research.training import optim, steps
 
 
@@ -195,3 +197,40 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
                     example_shape=tuple(example_inputs.shape[1:]),
                     example_dtype=example_inputs.dtype,
                     example_batch=example_batch)
+
+
+def restore_run(workdir: str, checkpoint: str | int = 'latest', *,
+                eval_split_names: list[str] | None = None):
+  """A finished (or running) run rebuilt from WORKDIR/config.json, its checkpoint
+  `checkpoint` ('latest', 'best' or a step) restored onto the current devices.
+
+  Returns `(config, experiment, state, step)`. `eval_split_names` defaults to the run's
+  first evaluation split (read for the model's input shapes).
+  """
+  config = writers.read_config(workdir)
+  config.checkpoint.async_save = False
+  checkpointer = checkpoint_lib.Checkpointer.for_run(workdir, config)
+  checkpoint = str(checkpoint)
+  if checkpoint == 'latest':
+    step = checkpointer.latest_step()
+  elif checkpoint == 'best':
+    if not checkpointer.best_metric:
+      raise ConfigError('--checkpoint=best needs a run with checkpoint.best_metric or '
+                        'early_stopping.metric set; this run has neither.')
+    step = checkpointer.best_step()
+  elif checkpoint.isdigit():
+    step = int(checkpoint)
+  else:
+    raise ConfigError(f"--checkpoint must be 'latest', 'best' or a step number, got {checkpoint!r}.")
+  if step is None:
+    raise ConfigError(f'No checkpoint in {checkpointer.directory}.')
+  if step not in checkpointer.all_steps():
+    raise ConfigError(f'--checkpoint={checkpoint}: no checkpoint at step {step} in '
+                      f'{checkpointer.directory}; available steps: {checkpointer.all_steps()}.')
+  if eval_split_names is None:
+    eval_split_names = config_lib.eval_splits(config)[:1] or [config.dataset.train_split]
+  exp = build(config, load_train_split=False, eval_split_names=eval_split_names,
+              workdir=workdir)
+  state = checkpointer.restore_state(exp.abstract_state, step)
+  checkpointer.close()
+  return config, exp, state, step

@@ -19,14 +19,11 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from research.training import checkpoint as checkpoint_lib
-
-
-def _path(keys) -> str:
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in keys)
+from research.training import optim
 
 
 def _flatten(params) -> dict[str, np.ndarray]:
-  return {_path(keys): leaf for keys, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  return {optim.path_of(keys): leaf for keys, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
 def _source_step(directory: str, step: int) -> int:
