@@ -60,6 +60,7 @@ def test_masked_lm_reads_the_special_ids(tok):
 
   class FakePreprocess:
     steps = [(preprocess.OPS['tokenize_wordpiece'], {'tokenizer': tok})]
+    tokenizer = tok  # what Preprocess.tokenizer returns for these steps
   objective = masked_lm.MaskedLM(preprocess=FakePreprocess())
   assert objective.vocab_size == tok.vocab_size and objective.mask_id == 2
   assert objective.special_ids == (0, 1, 2, 3, 4) and objective.first_regular_id == 5
