@@ -47,4 +47,5 @@ text-table: $(STAMP)
 	$(PY) -m research.main --config=configs/text/mlm.py --workdir=runs/text/mlm --config.progress_bar=False && \
 	$(PY) -m research.reproduce --workdir=runs/text/table --seeds=0,1,2 \
 	    --configs=$$(for d in $(TEXT_DATASETS); do printf 'configs/text/classifier.py:%s,configs/text/classifier.py:%s+pretrained,' $$d $$d; done | sed 's/,$$//') && \
+	$(PY) -m research.compare --by-dataset runs/text/table && \
 	echo "text-table: $$(( $$(date +%s) - start )) s"

@@ -274,6 +274,31 @@ def test_compare_pools_only_runs_of_one_config(tmp_path, capsys):
   assert len(notes) == 3
 
 
+def test_by_dataset_table_puts_the_paper_rows_first(tmp_path, capsys):
+  """Text-classification layout: datasets as columns, the paper's rows, then ours split by
+  from-scratch vs fine-tuned; a dataset without a paper row still gets its column."""
+  root = str(tmp_path)
+  text = {'model': {'name': 'transformer'}, 'init_from': {'workdir': '', 'skip': ''}}
+  tuned = {'model': {'name': 'transformer'}, 'init_from': {'workdir': 'runs/mlm', 'skip': ''}}
+  for seed, (scratch, pretrained) in enumerate([(0.95, 0.97), (0.96, 0.98)]):
+    for dataset, shift in (('reuters_r8', 0.0), ('rotten_tomatoes', -0.2)):
+      _make_workdir(root, f'{dataset}_scratch{seed}', model='transformer', seed=seed,
+                    accuracy=scratch + shift, config={**text, 'dataset': {'name': dataset}})
+      _make_workdir(root, f'{dataset}_pre{seed}', model='transformer', seed=seed,
+                    accuracy=pretrained + shift, config={**tuned, 'dataset': {'name': dataset}})
+  assert compare.main(['--by-dataset', root]) == 0
+  rows = capsys.readouterr().out.splitlines()
+  assert rows[0] == '| method | reuters_r8 | rotten_tomatoes |'
+  names = [row.split(' | ')[0][2:] for row in rows[2:] if row.startswith('| ')]
+  assert names == ['TF-IDF+LR (paper)', 'CNN-rand (paper)', 'LSTM (paper)', 'fastText (paper)',
+                   'Text GCN (paper)', 'transformer (from scratch)',
+                   'transformer (pretrained, fine-tuned)']
+  assert '| Text GCN (paper) | 97.07 | - |' in rows
+  assert '| transformer (from scratch) | 95.50 ± 0.71 (n=2) | 75.50 ± 0.71 (n=2) |' in rows
+  assert '| transformer (pretrained, fine-tuned) | 97.50 ± 0.71 (n=2) | 77.50 ± 0.71 (n=2) |' in rows
+  assert any(row.startswith('Paper: Yao') for row in rows)
+
+
 def test_experiment_config_drops_what_does_not_change_the_result():
   config = {'seed': 3, 'num_train_steps': 20, 'log_every_steps': 5, 'progress_bar': True,
             'write_report': False, 'eval_batch_size': 500,

@@ -181,6 +181,31 @@ def find_run_dirs(paths: Iterable[str]) -> list[str]:
   return sorted(dict.fromkeys(os.path.normpath(p) for p in found))
 
 
+def _read_run(run_dir: str, split: str) -> tuple[dict[str, Any], float] | str:
+  """(config, `split` accuracy in percent), or a warning saying why the run is left out."""
+  try:
+    with open(os.path.join(run_dir, 'config.json')) as f:
+      config = json.load(f)
+    with open(os.path.join(run_dir, 'results.json')) as f:
+      results = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    return f'{run_dir}: {e}'
+  if not isinstance(results.get(split), dict) or 'accuracy' not in results[split]:
+    available = sorted(k for k, v in results.items() if isinstance(v, dict) and 'accuracy' in v)
+    return (f'skipped {run_dir}: no {split!r} accuracy in results.json '
+            f'(splits with accuracy: {available}).')
+  accuracy = results[split]['accuracy']
+  if (isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or
+      not math.isfinite(accuracy)):
+    return (f'skipped {run_dir}: its {split!r} accuracy is {accuracy!r} (a diverged '
+            'run?); it is not averaged in.')
+  try:
+    config['dataset']['name'], config['model']['name']
+  except (KeyError, TypeError) as e:
+    return f'skipped {run_dir}: config.json has no dataset.name / model.name ({e}).'
+  return config, 100.0 * float(accuracy)
+
+
 def load_runs(run_dirs: Iterable[str], split: str = 'test') -> tuple[dict[Group, list[float]],
                                                                         list[str]]:
   """({group: [accuracy % per run]}, [warnings]).
@@ -193,34 +218,16 @@ def load_runs(run_dirs: Iterable[str], split: str = 'test') -> tuple[dict[Group,
   by_pair: dict[tuple[str, str], dict[str, tuple[dict[str, Any], list[tuple[str, float]]]]] = {}
   skipped: list[str] = []
   for run_dir in run_dirs:
-    try:
-      with open(os.path.join(run_dir, 'config.json')) as f:
-        config = json.load(f)
-      with open(os.path.join(run_dir, 'results.json')) as f:
-        results = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-      skipped.append(f'{run_dir}: {e}')
+    run = _read_run(run_dir, split)
+    if isinstance(run, str):
+      skipped.append(run)
       continue
-    if not isinstance(results.get(split), dict) or 'accuracy' not in results[split]:
-      available = sorted(k for k, v in results.items() if isinstance(v, dict) and 'accuracy' in v)
-      skipped.append(f'skipped {run_dir}: no {split!r} accuracy in results.json '
-                     f'(splits with accuracy: {available}).')
-      continue
-    accuracy = results[split]['accuracy']
-    if (isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)) or
-        not math.isfinite(accuracy)):
-      skipped.append(f'skipped {run_dir}: its {split!r} accuracy is {accuracy!r} (a diverged '
-                     'run?); it is not averaged in.')
-      continue
-    try:
-      pair = (config['dataset']['name'], config['model']['name'])
-    except (KeyError, TypeError) as e:
-      skipped.append(f'skipped {run_dir}: config.json has no dataset.name / model.name ({e}).')
-      continue
+    config, accuracy = run
+    pair = (config['dataset']['name'], config['model']['name'])
     fingerprint = config_fingerprint(config)
     variants = by_pair.setdefault(pair, {})
     variants.setdefault(fingerprint, (experiment_config(config), []))[1].append(
-        (run_dir, 100.0 * float(accuracy)))
+        (run_dir, accuracy))
 
   groups: dict[Group, list[float]] = {}
   warnings: list[str] = []
@@ -243,6 +250,71 @@ def load_runs(run_dirs: Iterable[str], split: str = 'test') -> tuple[dict[Group,
   return groups, skipped + warnings
 
 
+def _row_name(config: Mapping[str, Any]) -> str:
+  """A run's row in the by-dataset table: its model, and whether it was fine-tuned from
+  another run (`init_from`) or trained from scratch."""
+  init = config.get('init_from') or {}
+  source = 'pretrained, fine-tuned' if init.get('workdir') or init.get('hf_dir') else 'from scratch'
+  return f"{config['model']['name']} ({source})"
+
+
+def by_dataset_table(run_dirs: Iterable[str], *, split: str = 'test') -> tuple[str, list[str]]:
+  """(markdown table, warnings): one column per dataset, one row per method.
+
+  The papers' rows for those datasets come first (`references.for_dataset`, in their
+  order), then ours: a row per model and kind (from scratch, or fine-tuned from another
+  run), mean ± std over the runs in a cell. Runs of one cell whose configs differ by more
+  than the seed are not pooled: each config gets its own row, tagged with its fingerprint,
+  and a warning."""
+  warnings: list[str] = []
+  # row name -> dataset -> config fingerprint -> [accuracy %]
+  found: dict[str, dict[str, dict[str, list[float]]]] = {}
+  for run_dir in run_dirs:
+    run = _read_run(run_dir, split)
+    if isinstance(run, str):
+      warnings.append(run)
+      continue
+    config, accuracy = run
+    found.setdefault(_row_name(config), {}).setdefault(config['dataset']['name'], {}) \
+        .setdefault(config_fingerprint(config), []).append(accuracy)
+  cells: dict[str, dict[str, list[float]]] = {}
+  for name, by_dataset in found.items():
+    for dataset, by_config in by_dataset.items():
+      for fingerprint, values in by_config.items():
+        row = name if len(by_config) == 1 else f'{name} [config {fingerprint[:6]}]'
+        cells.setdefault(row, {})[dataset] = values
+      if len(by_config) > 1:
+        warnings.append(f'{dataset} / {name}: runs of {len(by_config)} different configs; '
+                        'one row each, tagged with the config fingerprint.')
+  # The papers' column order; datasets without a paper row after them.
+  first_seen = {}
+  for i, ref in enumerate(references.REFERENCES):
+    first_seen.setdefault(ref.dataset, i)
+  datasets = sorted({d for row in cells.values() for d in row},
+                    key=lambda d: (first_seen.get(d, len(references.REFERENCES)), d))
+  header = ['method'] + datasets
+  lines = ['| ' + ' | '.join(header) + ' |', '|---|' + '---:|' * len(datasets)]
+  citations: list[str] = []
+  ref_rows: dict[str, dict[str, float]] = {}
+  for dataset in datasets:
+    for ref in references.for_dataset(dataset):
+      ref_rows.setdefault(f'{ref.display_name} (paper)', {})[dataset] = ref.value
+      if ref.citation not in citations:
+        citations.append(ref.citation)
+  for name, values in ref_rows.items():
+    lines.append(f'| {name} | ' + ' | '.join(
+        f'{values[d]:.2f}' if d in values else '-' for d in datasets) + ' |')
+  for name in sorted(cells):
+    row = cells[name]
+    lines.append(f'| {name} | ' + ' | '.join(
+        f'{_format_ours(row[d])} (n={len(row[d])})' if row.get(d) else '-'
+        for d in datasets) + ' |')
+  if citations:
+    lines.append('')
+    lines.extend(f'Paper: {c}' for c in citations)
+  return '\n'.join(lines), warnings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(
       prog='python -m research.compare',
@@ -252,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--glob', action='append', default=[],
                       help="a glob of run workdirs, e.g. 'runs/mnist1d_*' (repeatable)")
   parser.add_argument('--split', default='test', help='eval split to compare (default test)')
+  parser.add_argument('--by-dataset', action='store_true',
+                      help='one column per dataset, one row per method (the papers\' rows '
+                           'first): the layout of text-classification tables')
   parser.add_argument('--all-references', action='store_true',
                       help="also list the paper's rows that no run reproduces (GRU, human)")
   args = parser.parse_args(argv)
@@ -262,6 +337,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not paths:
     parser.error('give at least one RUN_DIR or --glob PATTERN.')
   run_dirs = find_run_dirs(paths)
+  if args.by_dataset:
+    table, warnings = by_dataset_table(run_dirs, split=args.split)
+    for warning in warnings:
+      print(f'warning: {warning}', file=sys.stderr)
+    if '(n=' not in table:
+      print(f'No finished runs with {args.split!r} accuracy under {paths}.', file=sys.stderr)
+      return 1
+    print(table)
+    return 0
   groups, skipped = load_runs(run_dirs, split=args.split)
   for warning in skipped:
     print(f'warning: {warning}', file=sys.stderr)
