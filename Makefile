@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow table text-table bench bench-data clean-venv
+.PHONY: demo test test-slow table text-table grokking bench bench-data clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,3 +49,9 @@ text-table: $(STAMP)
 	    --configs=$$(for d in $(TEXT_DATASETS); do printf 'configs/text/classifier.py:%s,configs/text/classifier.py:%s+pretrained,' $$d $$d; done | sed 's/,$$//') && \
 	$(PY) -m research.compare --by-dataset runs/text/table && \
 	echo "text-table: $$(( $$(date +%s) - start )) s"
+
+# Grokking (Power et al. 2022; Nanda et al. 2023): a + b mod 113, 30% of the pairs, full batch,
+# AdamW with weight decay 1.0; prints the steps at which test accuracy crosses 50/90/99%.
+grokking: $(STAMP)
+	$(PY) -m research.main --config=configs/grokking/modular_addition.py --workdir=runs/grokking --config.progress_bar=False
+	$(PY) -m research.curves runs/grokking --thresholds=0.5,0.9,0.99 --out=docs/grokking_curves.png

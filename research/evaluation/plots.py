@@ -54,9 +54,20 @@ def read_metrics(metrics_jsonl_path: str) -> dict[str, dict[str, list[float]]]:
   return out
 
 
+def first_crossings(series: dict[str, list[float]], key: str,
+                    thresholds: Sequence[float]) -> dict[float, int | None]:
+  """{threshold: the first logged step whose `key` is >= threshold (None: never)}."""
+  out = {}
+  for threshold in thresholds:
+    out[threshold] = next((int(step) for step, value in zip(series['step'], series.get(key, []))
+                           if value >= threshold), None)
+  return out
+
+
 def learning_curves(metrics_jsonl_path: str, out_png: str,
-                    keys: Sequence[str] = ('loss', 'accuracy')) -> str:
-  """One panel per key (loss, accuracy) with one line per split (train, test, ...)."""
+                    keys: Sequence[str] = ('loss', 'accuracy'), log_x: bool = False) -> str:
+  """One panel per key (loss, accuracy) with one line per split (train, test, ...);
+  `log_x` for runs whose interesting part spans decades of steps (grokking)."""
   series = read_metrics(metrics_jsonl_path)
   if not series:
     raise ValueError(f'{metrics_jsonl_path} holds no records to plot.')
@@ -73,6 +84,8 @@ def learning_curves(metrics_jsonl_path: str, out_png: str,
                                                                           markersize=3)
       ax.plot(data['step'], data[key], label=split, **style)
     ax.set_xlabel('step')
+    if log_x:
+      ax.set_xscale('log')
     ax.set_ylabel(key)
     ax.set_title(key)
     ax.grid(alpha=0.3)
