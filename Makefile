@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow table text-table grokking bench bench-data clean-venv
+.PHONY: demo test test-slow table text-table grokking bench bench-data race clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(STAMP)
 
 bench-data: $(STAMP)
 	$(PY) -m benchmarks.data_bench
+
+# End to end against the seeds' PyTorch loops (needs torch), one core for both.
+race: $(STAMP)
+	taskset -c 1 $(PY) -m benchmarks.race --json=race.json
 
 clean-venv:
 	rm -rf $(VENV)

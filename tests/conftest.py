@@ -14,6 +14,16 @@ if 'TFDS_DATA_DIR' not in os.environ or os.environ.get('RESEARCH_TESTS_OWN_TFDS_
       prefix=f"research_tfds_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_")
   os.environ['RESEARCH_TESTS_OWN_TFDS_DIR'] = '1'
 
+# One persistent JAX compilation cache per test process and the subprocesses it starts:
+# many tests compile the same tiny train steps (in-process and in `python -m research.main`
+# subprocesses), and a cache hit skips XLA's compile. It changes how long tests take, not
+# what they compute. A cache dir set by the user is kept.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ or os.environ.get('RESEARCH_TESTS_OWN_JAX_CACHE'):
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
+      prefix=f"research_jax_cache_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_")
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['RESEARCH_TESTS_OWN_JAX_CACHE'] = '1'
+
 
 @pytest.fixture
 def repo_root() -> str:
