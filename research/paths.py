@@ -116,11 +116,31 @@ def remove(p: str) -> None:
 
 
 def move(src: str, dst: str) -> None:
-  """Moves a file or directory tree (on an object store: copies, then deletes)."""
-  if is_remote(src) or is_remote(dst):
-    epath.Path(src).rename(dst)
-  else:
+  """Moves a file or directory tree. An object store has no rename and no directories:
+  every object is copied, then the originals deleted (a crash in between leaves both)."""
+  if not (is_remote(src) or is_remote(dst)):
     shutil.move(src, dst)
+    return
+  source = epath.Path(src)
+  if source.is_file():
+    epath.Path(dst).write_bytes(source.read_bytes())
+    source.unlink()
+    return
+  for f in files_under(src):
+    epath.Path(os.path.join(dst, os.path.relpath(f, src))).write_bytes(epath.Path(f).read_bytes())
+  source.rmtree()
+
+
+def files_under(root: str) -> list[str]:
+  """Every file below `root`, recursively, sorted (in a bucket: one listing, not one per
+  level; epath refuses `**` globs there)."""
+  if not is_remote(root):
+    return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
+  import fsspec  # pylint: disable=import-outside-toplevel
+  fs, bare = fsspec.core.url_to_fs(root)
+  fs.invalidate_cache(bare)  # another handle (epath's) may have written since
+  scheme = root.split('://', 1)[0]
+  return sorted(f'{scheme}://{p}' for p in fs.find(bare))
 
 
 def upload_tree(local_dir: str, dst: str) -> int:

@@ -175,7 +175,8 @@ def find_run_dirs(paths: Iterable[str]) -> list[str]:
       found.append(path)
       continue
     if paths_lib.is_remote(path):  # a bucket: one listing finds every results.json below
-      found += [os.path.dirname(p) for p in paths_lib.glob(f"{path.rstrip('/')}/**/results.json")]
+      found += [os.path.dirname(p) for p in paths_lib.files_under(path)
+                if p.endswith('/results.json')]
       continue
     for root, dirs, files in os.walk(path):
       dirs.sort()
