@@ -240,8 +240,8 @@ def test_resumed_gcs_run_equals_the_uninterrupted_local_run(storage, runs):
 
 
 # What the run above does not exercise: quarantining a checkpoint (a directory move), a
-# trained tokenizer cached in the workdir, globbing, appends. Run where the loopback
-# environment is set before gcsfs is imported; no JAX needed.
+# trained tokenizer cached in the workdir, globbing, appends, your own npz/csv data. Run
+# where the loopback environment is set before gcsfs is imported.
 PATHS_SCRIPT = f"""
 from research import paths
 from research.data import tokenizers
@@ -261,6 +261,20 @@ trained = tokenizers.WordPieceTokenizer.train_or_load(['the cat sat', 'a dog ran
 assert paths.exists(path)
 loaded = tokenizers.WordPieceTokenizer.train_or_load([], path, 40)  # [] cannot be trained on
 assert loaded.json == trained.json
+
+import io
+import numpy as np
+from research.data import arrays
+buffer = io.BytesIO()
+x, y = np.arange(12, dtype=np.float32).reshape(6, 2), np.array([0, 1, 0, 1, 1, 0])
+np.savez(buffer, train_inputs=x, train_labels=y)
+paths.write_bytes_atomic(root + '/data.npz', buffer.getvalue())
+paths.write_text_atomic(root + '/csv/test.csv', 'a,b,label\\n1,2,1\\n3,4,0\\n')
+from_npz = arrays.lookup('npz:' + root + '/data.npz')
+assert (from_npz.splits['train'][0] == x).all() and (from_npz.splits['train'][1] == y).all()
+from_csv = arrays.lookup('csv:' + root + '/csv/{{split}}.csv')
+assert from_csv.splits['test'][0].tolist() == [[1, 2], [3, 4]]
+assert from_csv.splits['test'][1].tolist() == [1, 0]
 print('ok')
 """
 
