@@ -101,7 +101,8 @@ def write_text_atomic(p: str, text: str) -> None:
 
 
 def append_text(p: str, text: str) -> None:
-  """Appends `text` to `p` (created if missing)."""
+  """Appends `text` to `p` (created if missing). In a bucket that is a download and an
+  upload of the whole object: fine for a metrics log written every few steps."""
   if not is_remote(p):
     with open(p, 'a') as f:
       f.write(text)
