@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from typing import Any
 
 import ml_collections
@@ -30,15 +31,18 @@ def prepare_workdir(workdir: str) -> str:
 
 def _prepare_remote(workdir: str) -> str:
   """A bucket has no directories to create: write and delete one object, which proves
-  the bucket exists and the credentials may write there."""
-  probe = os.path.join(workdir, f'.write_test_{os.getpid()}')
+  the bucket exists and the credentials may write there. (Named uniquely: every host of
+  a pod probes the same workdir.)"""
+  probe = os.path.join(workdir, f'.write_test_{uuid.uuid4().hex}')
   try:
     paths.write_text_atomic(probe, '')
     paths.remove(probe)
   except Exception as e:  # gcsfs raises OSError subclasses, HttpError, auth errors...
-    raise PermissionError(f'Workdir {workdir!r} is not writable ({type(e).__name__}: '
-                          f'{str(e)[:300]}). Check the bucket name and credentials, or '
-                          'choose another --workdir.') from e
+    from research.errors import ConfigError  # writers is imported everywhere: keep it light
+    # A wrong bucket name or missing credentials: the user's to fix, said in one line.
+    raise ConfigError(f'Workdir {workdir!r} is not writable ({type(e).__name__}: '
+                      f'{" ".join(str(e).split())[:300]}). Check the bucket name and the '
+                      'credentials, or choose another --workdir.') from e
   return workdir
 
 

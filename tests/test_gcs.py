@@ -275,6 +275,18 @@ assert (from_npz.splits['train'][0] == x).all() and (from_npz.splits['train'][1]
 from_csv = arrays.lookup('csv:' + root + '/csv/{{split}}.csv')
 assert from_csv.splits['test'][0].tolist() == [[1, 2], [3, 4]]
 assert from_csv.splits['test'][1].tolist() == [1, 0]
+
+from research import writers
+from research.errors import ConfigError
+assert writers.prepare_workdir(root + '/run/') == root + '/run'
+assert not paths.files_under(root + '/run')  # the write probe is gone
+try:
+  writers.prepare_workdir('gs://no-such-bucket/run')
+except ConfigError as e:
+  assert str(e).startswith("Workdir 'gs://no-such-bucket/run' is not writable (") and (
+      '\\n' not in str(e)), str(e)
+else:
+  raise AssertionError('a missing bucket was accepted')
 print('ok')
 """
 
