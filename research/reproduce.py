@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from research.evaluation import compare
-from research import logs, training
+from research import logs, paths, training
 from research import config as config_lib
 from research.errors import ConfigError, one_line_errors
 
@@ -56,7 +56,7 @@ def run_all(config_paths: list[str], seeds: list[int], workdir: str) -> list[str
     for seed in seeds:
       run_dir = os.path.join(workdir, name, f'seed{seed}')
       run_dirs.append(run_dir)
-      if os.path.exists(os.path.join(run_dir, 'results.json')):
+      if paths.exists(os.path.join(run_dir, 'results.json')):
         logging.info('Reusing finished run %s', run_dir)
         continue
       get_config = runpy.run_path(path)['get_config']
@@ -78,8 +78,7 @@ def main(argv: list[str]) -> None:
   for warning in skipped:
     logging.warning('%s', warning)
   table = compare.markdown_table(groups)
-  with open(os.path.join(_WORKDIR.value, 'table.md'), 'w') as f:
-    f.write(table + '\n')
+  paths.write_text_atomic(os.path.join(_WORKDIR.value, 'table.md'), table + '\n')
   print(table)
 
 

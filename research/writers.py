@@ -1,18 +1,24 @@
-"""Where a run's outputs go: config.json, metrics.jsonl, results.json in the workdir."""
+"""Where a run's outputs go: config.json, metrics.jsonl, results.json in the workdir
+(a local directory or a `gs://` URI; all I/O goes through `research.paths`)."""
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import uuid
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from research import paths
+
 
 def prepare_workdir(workdir: str) -> str:
   """Creates the workdir and proves it writable, before any expensive work starts."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  workdir = paths.absolute(workdir)
+  if paths.is_remote(workdir):
+    return _prepare_remote(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_test_'):
@@ -20,6 +26,23 @@ def prepare_workdir(workdir: str) -> str:
   except OSError as e:
     raise PermissionError(
         f'Workdir {workdir!r} is not writable ({e.strerror}). Choose another --workdir.') from e
+  return workdir
+
+
+def _prepare_remote(workdir: str) -> str:
+  """A bucket has no directories to create: write and delete one object, which proves
+  the bucket exists and the credentials may write there. (Named uniquely: every host of
+  a pod probes the same workdir.)"""
+  probe = os.path.join(workdir, f'.write_test_{uuid.uuid4().hex}')
+  try:
+    paths.write_text_atomic(probe, '')
+    paths.remove(probe)
+  except Exception as e:  # gcsfs raises OSError subclasses, HttpError, auth errors...
+    from research.errors import ConfigError  # writers is imported everywhere: keep it light
+    # A wrong bucket name or missing credentials: the user's to fix, said in one line.
+    raise ConfigError(f'Workdir {workdir!r} is not writable ({type(e).__name__}: '
+                      f'{" ".join(str(e).split())[:300]}). Check the bucket name and the '
+                      'credentials, or choose another --workdir.') from e
   return workdir
 
 
@@ -37,11 +60,7 @@ def _to_builtin(x: Any) -> Any:
 
 def write_json_atomic(path: str, obj: Any) -> None:
   """Writes through a temp file and rename: a crash never leaves half a file."""
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(_to_builtin(obj), f, indent=2, sort_keys=True)
-    f.write('\n')
-  os.replace(tmp, path)
+  paths.write_text_atomic(path, json.dumps(_to_builtin(obj), indent=2, sort_keys=True) + '\n')
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -52,11 +71,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run wrote (WORKDIR/config.json)."""
   from research.errors import ConfigError  # writers is imported everywhere: keep it light
   path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  if not paths.exists(path):
     raise ConfigError(f'{path} does not exist: {workdir!r} is not a run directory (one '
                       'written by research.main).')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 
 class MetricsLog:
@@ -70,5 +88,4 @@ class MetricsLog:
     if not self.enabled:
       return
     record = {'step': int(step), 'split': split, **_to_builtin(metrics)}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record, sort_keys=True) + '\n')
+    paths.append_text(self.path, json.dumps(record, sort_keys=True) + '\n')

@@ -32,8 +32,8 @@ import time
 from tests.helpers import REPO_ROOT, run_module
 
 README = os.path.join(REPO_ROOT, 'README.md')
-LINKED = ('benchmarks', 'configs', 'docs', 'notebooks', 'research', 'tests', 'Makefile',
-          'pyproject.toml', 'constraints.txt')
+LINKED = ('benchmarks', 'configs', 'docs', 'notebooks', 'research', 'tests', 'tpu_scripts',
+          'Makefile', 'pyproject.toml', 'constraints.txt')
 TIMEOUT_S = 150  # per command; all of them take about 2.5 minutes on a busy 2-core machine
 
 # Steps shrunk for every research.main / research.reproduce run (env wins over the command).
@@ -46,6 +46,17 @@ SKIPPED = {
     'make test-slow': 'the long suite: recursion, and tens of minutes',
     'pip install torch==2.13.0':
         'needs the network and changes the shared .venv',
+    # gs:// workdirs need a real bucket and credentials; tests/test_gcs.py runs the same
+    # commands against a local Cloud Storage on 127.0.0.1.
+    'python -m research.main --config=configs/mnist1d/mlp.py --workdir=gs://my-bucket/runs/mlp':
+        'needs a Cloud Storage bucket and credentials (tests/test_gcs.py: a local one)',
+    'python -m research.evaluate --workdir=gs://my-bucket/runs/mlp':
+        'needs a Cloud Storage bucket and credentials (tests/test_gcs.py: a local one)',
+    'python -m research.report gs://my-bucket/runs/mlp':
+        'needs a Cloud Storage bucket and credentials (tests/test_gcs.py: a local one)',
+    'sbatch --nodes=2 tpu_scripts/slurm_train.sbatch configs/mnist1d/transformer.py '
+    'gs://my-bucket/runs/tx':
+        'needs a SLURM cluster (tests/test_scaling.py runs the script with a stand-in srun)',
 }
 
 # Command -> RESEARCH_EXTRA_OVERRIDES for it, where SHRINK is not right.

@@ -189,3 +189,69 @@ def test_fsdp_shards_parameters_and_optimizer_state(tmp_path):
         f'({fsdp / single:.4f} of it; bound {1.1 / 8:.4f})')
   assert single > 30_000_000  # ~3.2M params x (param + 2 Adam moments) x 4 bytes
   assert fsdp <= single / 8 * 1.1
+
+
+# A stand-in for `srun` inside an allocation: starts SLURM_NTASKS copies of the command on
+# this machine, each with the variables srun gives a task, and fails if any task fails.
+FAKE_SRUN = r'''#!/usr/bin/env bash
+while [[ "$1" == --* ]]; do shift; done  # srun's own options
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+  SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_NODEID=0 SLURM_STEP_NODELIST=$SLURM_JOB_NODELIST \
+  SLURM_STEP_NUM_NODES=$SLURM_NNODES SLURM_STEP_NUM_TASKS=$SLURM_NTASKS \
+    "$@" > "$TASK_LOGS/task$i.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=$?; done
+exit $status
+'''
+
+
+def _slurm_job_id_with_free_port() -> int:
+  """A job id whose coordinator port (jax: 61440 + id % 4096) is free on loopback."""
+  for offset in np.random.default_rng().permutation(4096):
+    with socket.socket() as s:
+      try:
+        s.bind(('127.0.0.1', 61440 + int(offset)))
+      except OSError:
+        continue
+    return 4096 + int(offset)
+  raise RuntimeError('no free port in 61440-65535')
+
+
+def test_slurm_batch_script_matches_one_process(eight_device_runs, tmp_path):
+  """tpu_scripts/slurm_train.sbatch in a 2-task allocation on this machine (4 CPU devices
+  per task, jax's SLURM detection, gloo over loopback) == 1 process x 8 devices."""
+  bin_dir, logs = tmp_path / 'bin', tmp_path / 'logs'
+  bin_dir.mkdir()
+  logs.mkdir()
+  (bin_dir / 'srun').write_text(FAKE_SRUN)
+  (bin_dir / 'srun').chmod(0o755)
+  workdir = str(tmp_path / 'slurm')
+  allocation = {'SLURM_JOB_ID': str(_slurm_job_id_with_free_port()),
+                'SLURM_JOB_NODELIST': '127.0.0.1', 'SLURM_NNODES': '1', 'SLURM_NTASKS': '2',
+                'SLURM_NTASKS_PER_NODE': '2', 'SLURM_SUBMIT_DIR': REPO_ROOT}
+  env = {**_env(4), **allocation, 'TASK_LOGS': str(logs), 'PYTHON': sys.executable,
+         'PATH': f'{bin_dir}{os.pathsep}{os.environ["PATH"]}'}
+  # The overrides make configs/mnist1d/mlp.py the scaling test's MLP (multidevice.py).
+  overrides = ['--config.model.hidden_sizes=(128, 128)', '--config.num_train_steps=20',
+               '--config.batch_size=64', '--config.eval_batch_size=200',
+               '--config.log_every_steps=1', '--config.eval_every_steps=0',
+               '--config.checkpoint.every_steps=0', '--config.checkpoint.async_save=False',
+               '--config.write_report=False', '--config.distributed.initialization_timeout_s=120']
+  proc = subprocess.Popen(['bash', 'tpu_scripts/slurm_train.sbatch', 'configs/mnist1d/mlp.py',
+                           workdir, *overrides], cwd=REPO_ROOT, env=env, start_new_session=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    out, _ = proc.communicate(timeout=400)
+  finally:
+    if proc.poll() is None:  # never leave a task (or its port) behind
+      os.killpg(proc.pid, 9)
+      proc.wait()
+  task_logs = '\n'.join(f'--- {p.name}\n{p.read_text()[-3000:]}' for p in sorted(logs.iterdir()))
+  assert proc.returncode == 0, out + task_logs
+  results = json.loads(open(os.path.join(workdir, 'results.json')).read())
+  assert results['processes'] == 2 and results['devices'] == 8, results
+  np.testing.assert_allclose(multidevice.train_losses(workdir),
+                             eight_device_runs['mlp/dp8']['losses'], rtol=RTOL)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 import types
 from typing import Any, Sequence
@@ -30,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from research import paths
 from research.errors import ConfigError
 
 
@@ -109,9 +111,10 @@ def register(name: str, *, num_classes: int | None = None, class_names: Sequence
 
 def _from_npz(spec: str) -> ArrayDataset:
   path = spec[len('npz:'):]
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise ConfigError(f'config.dataset.name={spec!r}: no file {path!r}.')
-  with np.load(path, allow_pickle=False) as f:
+  source = io.BytesIO(paths.read_bytes(path)) if paths.is_remote(path) else path  # gs://
+  with np.load(source, allow_pickle=False) as f:
     keys = set(f.files)
     names = sorted(k[:-len('_inputs')] for k in keys if k.endswith('_inputs'))
     missing = [f'{n}_labels' for n in names if f'{n}_labels' not in keys]
@@ -129,17 +132,19 @@ def _from_csv(spec: str, input_key: str, label_key: str) -> ArrayDataset:
                       "'csv:data/{split}.csv'.")
   directory, base = os.path.split(pattern)
   prefix, suffix = base.split('{split}')
-  found = sorted(f[len(prefix):len(f) - len(suffix)] for f in os.listdir(directory or '.')
-                 if f.startswith(prefix) and f.endswith(suffix)) if os.path.isdir(
-                     directory or '.') else []
+  found = sorted(f[len(prefix):len(f) - len(suffix)] for f in paths.listdir(directory or '.')
+                 if f.startswith(prefix) and f.endswith(suffix))
   if not found:
     raise ConfigError(f'config.dataset.name={spec!r}: no file matches {pattern!r}.')
   label_key = label_key or 'label'
   splits = {}
   for split in found:
     path = pattern.format(split=split)
-    with open(path, newline='') as f:
-      rows = list(csv.DictReader(f))
+    if paths.is_remote(path):  # gs://: read whole, then parse as a local file would be
+      rows = list(csv.DictReader(io.StringIO(paths.read_bytes(path).decode(), newline='')))
+    else:
+      with open(path, newline='') as f:
+        rows = list(csv.DictReader(f))
     if not rows or label_key not in rows[0]:
       raise ConfigError(f'{path}: no {label_key!r} column (config.dataset.label_key); '
                         f'columns: {sorted(rows[0]) if rows else "(empty file)"}.')

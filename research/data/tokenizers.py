@@ -26,6 +26,8 @@ from typing import Protocol
 
 import numpy as np
 
+from research import paths
+
 PAD_ID, CLS_ID, MASK_ID, UNK_ID = 0, 1, 2, 3
 NUM_SPECIAL_IDS = 4
 
@@ -130,7 +132,7 @@ class _TrainedTokenizer:
   @classmethod
   def train_or_load(cls, texts, path: str, vocab_size: int, **train_kwargs):
     """Loads `path` if it exists, else trains on `texts` and saves there."""
-    if os.path.exists(path):
+    if paths.exists(path):
       return cls.load(path)
     tokenizer = cls.train(texts, vocab_size, **train_kwargs)
     tokenizer.save(path)
@@ -181,16 +183,12 @@ class SentencePieceTokenizer(_TrainedTokenizer):
 
   @classmethod
   def load(cls, path: str) -> 'SentencePieceTokenizer':
-    with open(path, 'rb') as f:
-      return cls(f.read())
+    return cls(paths.read_bytes(path))
 
   def save(self, path: str) -> None:
     """Writes atomically (a reader never sees half a file)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'wb') as f:
-      f.write(self.model_proto)
-    os.replace(tmp, path)
+    paths.makedirs(os.path.dirname(paths.absolute(path)))
+    paths.write_bytes_atomic(path, self.model_proto)
 
   def encode(self, texts, max_len: int, *, add_cls: bool = False):
     """`(ids int32[N, max_len], mask bool[N, max_len])`; long texts are cut at max_len pieces."""
@@ -299,16 +297,12 @@ class WordPieceTokenizer(_TrainedTokenizer):
 
   @classmethod
   def load(cls, path: str) -> 'WordPieceTokenizer':
-    with open(path, encoding='utf-8') as f:
-      return cls(f.read())
+    return cls(paths.read_bytes(path).decode('utf-8'))
 
   def save(self, path: str) -> None:
     """Writes a `tokenizer.json` (`tokenizers.Tokenizer.from_file` reads it) atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w', encoding='utf-8') as f:
-      f.write(self.json)
-    os.replace(tmp, path)
+    paths.makedirs(os.path.dirname(paths.absolute(path)))
+    paths.write_text_atomic(path, self.json)
 
   def _fixed_length(self, budget: int):
     """A copy that truncates and pads to `budget` tokens in Rust (one per length, so

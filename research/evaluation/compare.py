@@ -18,7 +18,6 @@ shown. Gap = our mean - paper, in percentage points.
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import json
 import math
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from research import paths as paths_lib
 from research.evaluation import references
 
 # (dataset, model), or (dataset, model, label) when that pair has runs of several configs
@@ -171,23 +171,26 @@ def find_run_dirs(paths: Iterable[str]) -> list[str]:
   """Each path itself if it holds results.json, else every directory below it that does."""
   found: list[str] = []
   for path in paths:
-    if os.path.isfile(os.path.join(path, 'results.json')):
+    if paths_lib.isfile(os.path.join(path, 'results.json')):
       found.append(path)
+      continue
+    if paths_lib.is_remote(path):  # a bucket: one listing finds every results.json below
+      found += [os.path.dirname(p) for p in paths_lib.files_under(path)
+                if p.endswith('/results.json')]
       continue
     for root, dirs, files in os.walk(path):
       dirs.sort()
       if 'results.json' in files:
         found.append(root)
-  return sorted(dict.fromkeys(os.path.normpath(p) for p in found))
+  return sorted(dict.fromkeys(p.rstrip('/') if paths_lib.is_remote(p) else os.path.normpath(p)
+                             for p in found))
 
 
 def _read_run(run_dir: str, split: str) -> tuple[dict[str, Any], float] | str:
   """(config, `split` accuracy in percent), or a warning saying why the run is left out."""
   try:
-    with open(os.path.join(run_dir, 'config.json')) as f:
-      config = json.load(f)
-    with open(os.path.join(run_dir, 'results.json')) as f:
-      results = json.load(f)
+    config = json.loads(paths_lib.read_text(os.path.join(run_dir, 'config.json')))
+    results = json.loads(paths_lib.read_text(os.path.join(run_dir, 'results.json')))
   except (OSError, json.JSONDecodeError) as e:
     return f'{run_dir}: {e}'
   if not isinstance(results.get(split), dict) or 'accuracy' not in results[split]:
@@ -333,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   paths = list(args.run_dirs)
   for pattern in args.glob:
-    paths.extend(sorted(glob.glob(pattern)))
+    paths.extend(paths_lib.glob(pattern))
   if not paths:
     parser.error('give at least one RUN_DIR or --glob PATTERN.')
   run_dirs = find_run_dirs(paths)

@@ -7,6 +7,7 @@ backend of a notebook that uses it.
 from __future__ import annotations
 
 import collections
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -16,13 +17,18 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from research import paths
+
 _DPI = 120
 
 
 def _save(fig: Figure, out_png: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
+  """Renders into memory, then writes: `out_png` may be a `gs://` URI."""
+  paths.makedirs(os.path.dirname(paths.absolute(out_png)))
   FigureCanvasAgg(fig)
-  fig.savefig(out_png, dpi=_DPI, bbox_inches='tight')
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=_DPI, bbox_inches='tight')
+  paths.write_bytes_atomic(out_png, buffer.getvalue())
   return out_png
 
 
@@ -33,15 +39,15 @@ def read_metrics(metrics_jsonl_path: str) -> dict[str, dict[str, list[float]]]:
   (split, step) wins, so curves never zigzag back in time.
   """
   latest: dict[str, dict[int, dict[str, Any]]] = collections.defaultdict(dict)
-  with open(metrics_jsonl_path) as f:
-    for line_number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{metrics_jsonl_path}:{line_number} is not JSON ({e.msg}).') from e
-      latest[record['split']][int(record['step'])] = record
+  text = paths.read_text(metrics_jsonl_path)  # may be a gs:// object
+  for line_number, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{metrics_jsonl_path}:{line_number} is not JSON ({e.msg}).') from e
+    latest[record['split']][int(record['step'])] = record
   out: dict[str, dict[str, list[float]]] = {}
   for split, by_step in latest.items():
     steps = sorted(by_step)

@@ -15,6 +15,7 @@ from typing import Any
 
 from absl import logging
 
+from research import paths
 from research.evaluation import compare, plots, references, tb
 
 def eval_splits(results: dict[str, Any]) -> list[str]:
@@ -110,8 +111,7 @@ def _per_class_table(metrics: dict[str, Any], class_names: Sequence[str]) -> lis
 
 def _read_json(path: str) -> dict[str, Any]:
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(paths.read_text(path))
   except FileNotFoundError:
     return {}
 
@@ -125,14 +125,14 @@ def write_report(workdir: str, *, class_names: Sequence[str] | None = None,
   TensorBoard files are skipped, with a warning, if tensorboardX is not installed.
   """
   results_path = os.path.join(workdir, 'results.json')
-  if not os.path.isfile(results_path):
+  if not paths.isfile(results_path):
     raise FileNotFoundError(f'No results.json in {workdir!r}: the run has not finished '
                             '(train_and_evaluate writes it at the end).')
   results = _read_json(results_path)
   config = _read_json(os.path.join(workdir, 'config.json'))
   metrics_path = os.path.join(workdir, 'metrics.jsonl')
   plot_dir = os.path.join(workdir, 'plots')
-  os.makedirs(plot_dir, exist_ok=True)
+  paths.makedirs(plot_dir)
   dataset, model = _get(config, 'dataset.name'), _get(config, 'model.name')
   if class_names is None and isinstance(results.get('class_names'), list):
     class_names = [str(c) for c in results['class_names']]
@@ -140,7 +140,7 @@ def write_report(workdir: str, *, class_names: Sequence[str] | None = None,
 
   # ---- Figures ----
   figures: list[tuple[str, str]] = []
-  has_curves = os.path.isfile(metrics_path) and os.path.getsize(metrics_path) > 0
+  has_curves = paths.isfile(metrics_path) and paths.path(metrics_path).stat().length > 0
   if has_curves:
     plots.learning_curves(metrics_path, os.path.join(plot_dir, 'learning_curves.png'))
     figures.append(('learning curves', 'plots/learning_curves.png'))
@@ -169,8 +169,8 @@ def write_report(workdir: str, *, class_names: Sequence[str] | None = None,
 
   # ---- report.md ----
   title = (f'{dataset} / {model}' if dataset and model
-           else os.path.basename(os.path.abspath(workdir)))
-  lines = [f'# Run report: {title}', '', f'Workdir: `{os.path.abspath(workdir)}`', '',
+           else os.path.basename(paths.absolute(workdir)))
+  lines = [f'# Run report: {title}', '', f'Workdir: `{paths.absolute(workdir)}`', '',
            '## Metrics', '']
   lines += _metrics_table(results, config)
   ref = references.lookup(dataset, model) if dataset and model else None
@@ -200,10 +200,7 @@ def write_report(workdir: str, *, class_names: Sequence[str] | None = None,
     lines += ['', '## Config', '', '<details><summary>config.json</summary>', '', '```json',
               json.dumps(config, indent=2, sort_keys=True), '```', '', '</details>']
   report_path = os.path.join(workdir, 'report.md')
-  tmp = report_path + '.tmp'
-  with open(tmp, 'w') as f:
-    f.write('\n'.join(lines).rstrip() + '\n')
-  os.replace(tmp, report_path)
+  paths.write_text_atomic(report_path, '\n'.join(lines).rstrip() + '\n')
   return report_path
 
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import glob
 import math
 import os
+import tempfile
 from typing import Any
+
+from research import paths
 
 _INSTALL_HINT = ('TensorBoard event files need the `tensorboardX` package (pure Python, no '
                  'TensorFlow): pip install "tensorboardX>=2.6.5,<2.7".')
@@ -76,8 +79,19 @@ def write_scalars(metrics_jsonl_path: str, logdir: str) -> int:
   from research.evaluation import plots  # pylint: disable=import-outside-toplevel
 
   series = plots.read_metrics(metrics_jsonl_path)
+  if paths.is_remote(logdir):  # tensorboardX writes local files: write them, then upload
+    for old in paths.path(logdir).glob('*/events.out.tfevents.*'):
+      old.unlink()
+    with tempfile.TemporaryDirectory(prefix='tensorboard_') as local:
+      written = _write_series(series, local)
+      paths.upload_tree(local, logdir)
+    return written
   for old in glob.glob(os.path.join(logdir, '*', 'events.out.tfevents.*')):
     os.remove(old)
+  return _write_series(series, logdir)
+
+
+def _write_series(series: dict[str, dict[str, list[float]]], logdir: str) -> int:
   written = 0
   with ScalarWriter(logdir) as writer:
     for split, data in series.items():

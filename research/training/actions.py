@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
+from research import paths
 from research.evaluation import evaluators
 from research.evaluation import metrics as metrics_lib
 from research.training import preemption
@@ -280,11 +283,16 @@ class Profile(Action):
   def __init__(self, start_step: int, num_steps: int, directory: str):
     self.start_step, self.num_steps, self.directory = start_step, num_steps, directory
     self.active = False
+    self._local_dir: str | None = None  # the trace's local copy, for a gs:// workdir
 
   def before_step(self, trainer, step):
     if step == self.start_step and not self.active:
-      os.makedirs(self.directory, exist_ok=True)
-      jax.profiler.start_trace(self.directory)
+      # The profiler writes local files only: trace locally, upload when it stops.
+      if paths.is_remote(self.directory):
+        self._local_dir = tempfile.mkdtemp(prefix='profile_')
+      else:
+        os.makedirs(self.directory, exist_ok=True)
+      jax.profiler.start_trace(self._local_dir or self.directory)
       self.active = True
       logging.info('Profiling steps %d-%d into %s.', step, step + self.num_steps - 1,
                    self.directory)
@@ -300,3 +308,7 @@ class Profile(Action):
     if self.active:
       jax.profiler.stop_trace()
       self.active = False
+      if self._local_dir:
+        paths.upload_tree(self._local_dir, self.directory)
+        shutil.rmtree(self._local_dir, ignore_errors=True)
+        self._local_dir = None

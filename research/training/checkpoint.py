@@ -9,12 +9,12 @@ when complete), so a process killed mid-save leaves the previous checkpoint as t
 A checkpoint that fails to restore is moved to `WORKDIR/checkpoints_quarantine/` (never
 deleted) and the previous one is used.
 Orbax accepts only absolute paths: `absolute()` is the one place that turns a user's
-(relative, `~`-prefixed) workdir into one, for this module and `init_from`.
+(relative, `~`-prefixed) workdir into one, for this module and `init_from`. A `gs://`
+workdir is left as it is: Orbax and TensorStore write the bucket directly.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from typing import Any
 
@@ -25,11 +25,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
+from research import paths
+
 
 def absolute(path: str) -> str:
   """`path` as Orbax requires it: absolute, with `~` expanded (relative to the current
-  directory, so `--workdir=runs/demo` works from wherever the command runs)."""
-  return os.path.abspath(os.path.expanduser(path))
+  directory, so `--workdir=runs/demo` works from wherever the command runs); a `gs://`
+  URI unchanged."""
+  return paths.absolute(path)
 
 
 class Checkpointer:
@@ -113,7 +116,7 @@ class Checkpointer:
       try:
         items = dict(state=ocp.args.StandardRestore(abstract_state),
                      data=grain.checkpoint.CheckpointRestore(data_iterator))
-        has_trainer = os.path.isdir(os.path.join(self.directory, str(candidate), 'trainer'))
+        has_trainer = paths.isdir(os.path.join(self.directory, str(candidate), 'trainer'))
         if has_trainer:
           items['trainer'] = ocp.args.JsonRestore()
         restored = self._manager.restore(candidate, args=ocp.args.Composite(**items))
@@ -138,9 +141,9 @@ class Checkpointer:
 
   def _quarantine(self, step: int) -> None:
     if jax.process_index() == 0:
-      os.makedirs(self.quarantine, exist_ok=True)
-      shutil.move(os.path.join(self.directory, str(step)),
-                  os.path.join(self.quarantine, f'{step}-{int(time.time())}'))
+      paths.makedirs(self.quarantine)
+      paths.move(os.path.join(self.directory, str(step)),
+                 os.path.join(self.quarantine, f'{step}-{int(time.time())}'))
     self._manager.reload()
 
   def wait(self) -> None:

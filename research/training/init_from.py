@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from research import paths
 from research.training import checkpoint as checkpoint_lib
 from research.training import optim
 
@@ -27,7 +28,7 @@ def _flatten(params) -> dict[str, np.ndarray]:
 
 
 def _source_step(directory: str, step: int) -> int:
-  steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+  steps = sorted(int(d) for d in paths.listdir(directory) if d.isdigit())
   if not steps:
     raise FileNotFoundError(f'config.init_from.workdir has no checkpoints in {directory}.')
   if step == -1:

@@ -19,7 +19,7 @@ import ml_collections
 from absl import logging
 
 from research import config as config_lib
-from research import models, writers
+from research import models, paths, writers
 from research.data import balance, pipeline
 from research.evaluation import evaluators
 from research.parallel import distributed, sharding
@@ -32,14 +32,11 @@ RESULTS_FILE = 'results.json'
 
 def _truncate_metrics_log(path: str, last_step: int) -> None:
   """On resume, drops log records written after the checkpoint (they will be redone)."""
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return
-  with open(path) as f:
-    lines = f.readlines()
+  lines = paths.read_text(path).splitlines(keepends=True)
   kept = [line for line in lines if json.loads(line)['step'] <= last_step]
-  with open(f'{path}.tmp', 'w') as f:
-    f.writelines(kept)
-  os.replace(f'{path}.tmp', path)
+  paths.write_text_atomic(path, ''.join(kept))
 
 
 class Trainer:
@@ -142,10 +139,9 @@ class Trainer:
     done = self.start_step >= self.config.num_train_steps or (
         stopped_at is not None and stopped_at == self.start_step)
     path = os.path.join(self.workdir, RESULTS_FILE)
-    if not (done and os.path.exists(path)):
+    if not (done and paths.exists(path)):
       return None
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(paths.read_text(path))
 
   # ---- The loop ----
   def run(self) -> dict[str, Any]:
