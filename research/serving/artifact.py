@@ -250,9 +250,11 @@ class ExportedModel:
       if array.size and (array.min() < info.min or array.max() > info.max):
         raise InputError(f'inputs must be {self.dtype.name} in [{info.min}, {info.max}], got '
                          f'values in [{array.min()}, {array.max()}].')
-    elif not np.all(np.isfinite(array)):
-      raise InputError('inputs contain NaN or infinity.')
-    return array.astype(self.dtype, copy=False)
+    cast = array.astype(self.dtype, copy=False)
+    if self.dtype.kind == 'f' and not np.all(np.isfinite(cast)):
+      raise InputError(f'inputs contain NaN, infinity or values beyond the range of '
+                       f'{self.dtype.name}.')
+    return cast
 
   # -- running --
 
