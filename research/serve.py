@@ -1,0 +1,82 @@
+"""Serves an exported model (`python -m research.export`) over HTTP.
+
+  python -m research.serve --model=exported/demo [--port=8000] [--max_batch=64]
+
+Loads and checks the artifact (its sha256 manifest), compiles the batch sizes it will
+use (powers of two up to --max_batch), then serves the Open Inference Protocol, TF
+Serving's `:predict`, `POST /predict` and `/metrics` (research/serving/app.py) with
+uvicorn. SIGTERM or Ctrl-C: stop accepting connections, answer the requests already
+received, exit.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from absl import app, flags, logging
+
+from research.errors import ConfigError, one_line_errors
+
+_MODEL = flags.DEFINE_string('model', None, 'An exported model directory.')
+_HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to bind (0.0.0.0: every interface).')
+_PORT = flags.DEFINE_integer('port', 8000, 'TCP port.')
+_MAX_BATCH = flags.DEFINE_integer(
+    'max_batch', 64, 'Most examples in one model call (dynamic batching; 1: off). Batch '
+    'sizes are padded to powers of two up to this, each compiled at start.')
+_MAX_DELAY_MS = flags.DEFINE_float(
+    'max_delay_ms', 0.0, 'How long a batch waits for more requests (0: it takes only the '
+    'requests already waiting, so a lone request never waits).')
+_MAX_BODY_BYTES = flags.DEFINE_integer('max_body_bytes', 4 << 20, 'Largest request body.')
+_MAX_TEXT_CHARS = flags.DEFINE_integer('max_text_chars', 10_000, 'Longest text, in characters.')
+_MAX_EXAMPLES = flags.DEFINE_integer('max_examples', 1024, 'Most examples in one request.')
+_GRACE_S = flags.DEFINE_float('shutdown_grace_s', 30.0, 'On SIGTERM, how long in-flight '
+                              'requests may take before they are cancelled.')
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+  """1, 2, 4, ... up to and including `max_batch`."""
+  sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch]
+  return sizes + [max_batch]
+
+
+@one_line_errors
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)
+  for flag in (_MAX_BATCH, _MAX_BODY_BYTES, _MAX_TEXT_CHARS, _MAX_EXAMPLES):
+    if flag.value < 1:
+      raise ConfigError(f'--{flag.name}={flag.value} must be at least 1.')
+  if _MAX_DELAY_MS.value < 0:
+    raise ConfigError(f'--max_delay_ms={_MAX_DELAY_MS.value} must be >= 0.')
+  if not os.path.isdir(_MODEL.value):
+    raise ConfigError(f'--model={_MODEL.value} is not a directory; export a run first: '
+                      f'python -m research.export --workdir=RUN --out=DIR.')
+  import uvicorn  # after the flag checks: a typo fails fast
+
+  from research.serving import app as app_lib
+  from research.serving import artifact
+
+  start = time.perf_counter()
+  try:
+    model = artifact.load(_MODEL.value, batch_buckets=batch_buckets(_MAX_BATCH.value))
+  except artifact.ArtifactError as e:
+    raise ConfigError(str(e)) from None
+  model.warm_up()
+  limits = app_lib.Limits(max_body_bytes=_MAX_BODY_BYTES.value,
+                          max_text_chars=_MAX_TEXT_CHARS.value,
+                          max_examples=_MAX_EXAMPLES.value)
+  api = app_lib.create_app(model, limits=limits, max_batch=_MAX_BATCH.value,
+                           max_delay_s=_MAX_DELAY_MS.value / 1000)
+  print(f'Serving {model.name!r} from {_MODEL.value} on http://{_HOST.value}:{_PORT.value} '
+        f'(loaded and compiled batch sizes {list(model.batch_buckets)} in '
+        f'{time.perf_counter() - start:.1f} s)', flush=True)
+  # uvicorn handles SIGTERM/SIGINT: it closes the listening socket, lets every request
+  # already received finish (up to the grace period), then runs the app's shutdown.
+  uvicorn.run(api, host=_HOST.value, port=_PORT.value, log_level='warning',
+              timeout_graceful_shutdown=_GRACE_S.value, access_log=False)
+
+
+if __name__ == '__main__':
+  flags.mark_flag_as_required('model')
+  app.run(main)
