@@ -317,3 +317,16 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 def optim_path(keys) -> str:
   from research.training import optim
   return optim.path_of(keys)
+
+
+def fill_model_config(model_cfg, hf_dir: str) -> dict[str, tuple[Any, Any]]:
+  """Sets `model_cfg`'s architecture fields to the checkpoint's; returns {field: (old,
+  new)} for those that changed. The run's own choices (dropout, pooling, dtype) stay."""
+  if model_cfg.name != 'transformer':
+    raise ConfigError(f'config.init_from.hf_dir needs config.model.name=\'transformer\', got '
+                      f'{model_cfg.name!r}.')
+  fields = encoder_fields(read_config(hf_dir), read_tensors(hf_dir))
+  changed = {k: (model_cfg[k], v) for k, v in fields.items() if model_cfg[k] != v}
+  for k, (_, v) in changed.items():
+    model_cfg[k] = v
+  return changed
