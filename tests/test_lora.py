@@ -157,3 +157,25 @@ def test_export_merges_and_transformers_gives_our_logits(files, uninterrupted, t
   with open(os.path.join(out, 'config.json')) as f:
     assert json.load(f)['architectures'] == [
         'BertForSequenceClassification']
+
+
+MESHES = {'fsdp8': {'mesh.data': 1, 'mesh.fsdp': 8, 'mesh.tensor': 1},
+          'dp2_tp4': {'mesh.data': 2, 'mesh.fsdp': 1, 'mesh.tensor': 4}}
+
+
+@pytest.mark.slow  # 3 more compilations, 8 simulated devices: about 80 s of CPU
+def test_eight_devices_give_the_losses_of_one(files, tmp_path):
+  """FSDP 8 and data 2 x tensor 4 (the adapters sharded like their kernels) vs 1 device."""
+  from tests.test_scaling import _run_specs  # the project's 8-device subprocess runner
+  base = overrides(files, **{'dataset.eval_splits': ''})
+  specs = [{'name': name, 'model': 'transformer', 'steps': 8,
+            'workdir': str(tmp_path / name), 'overrides': {**base, **mesh}}
+           for name, mesh in MESHES.items()]
+  runs = _run_specs(specs, 8, tmp_path, 'lora')
+  reference = multidevice.run({'model': 'transformer', 'steps': 8, 'workdir': str(tmp_path / 'one'),
+                               'overrides': {**base, 'mesh.data': 1}})
+  assert reference['results']['devices'] == 1 and len(reference['losses']) == 8
+  for name in MESHES:
+    assert runs[name]['results']['devices'] == 8
+    np.testing.assert_allclose(runs[name]['losses'], reference['losses'], rtol=1e-5, atol=0,
+                               err_msg=name)
