@@ -142,3 +142,55 @@ def test_default_encoder_is_not_exportable():
 def test_bad_hf_config_names_the_value():
   with pytest.raises(ConfigError, match=r"hidden_act='relu'.*accepted"):
     hf_bert.encoder_fields({'model_type': 'bert', 'hidden_act': 'relu'}, [])
+
+
+def test_pretrained_tokenizer_equals_transformers(tmp_path):
+  from research.data import preprocess, tokenizers
+  from tests import tiny_bert
+  path = str(tmp_path / 'tokenizer.json')
+  tiny_bert.write_tokenizer(path)
+  texts = ['w1 w2 w3', 'W7, w8! w9 w10 w11 w12 w13 w14 w15 w16 w17', 'unknownword w5']
+  ours = tokenizers.PretrainedTokenizer.load(str(tmp_path))
+  ids, mask = ours.encode(texts, 8)
+  theirs = transformers.PreTrainedTokenizerFast(tokenizer_file=path, pad_token='[PAD]')(
+      texts, padding='max_length', truncation=True, max_length=8, return_tensors='np')
+  np.testing.assert_array_equal(ids, theirs['input_ids'])
+  np.testing.assert_array_equal(mask, theirs['attention_mask'].astype(bool))
+  assert ids[0, 0] == ours.cls_id == 2 and ids[0, 4] == ours.sep_id == 3  # [CLS] .. [SEP]
+  assert ids[1, -1] == ours.sep_id  # truncated, still framed
+  # The op finds tokenizer.json in config.init_from.hf_dir when model= is not given.
+  pp = preprocess.build_preprocess('tokenize_pretrained(max_len=8)', seed=0,
+                                   pretrained_dir=str(tmp_path))
+  batch = pp.eval_fn({'inputs': np.array(texts), 'labels': np.zeros(3, np.int64),
+                      'mask': np.ones(3, bool)}, 0)
+  np.testing.assert_array_equal(batch['inputs'], ids)
+  with pytest.raises(ValueError, match='tokenize_pretrained needs model=PATH'):
+    preprocess.build_preprocess('tokenize_pretrained(max_len=8)', seed=0)
+
+
+def test_mismatched_checkpoint_lists_every_bad_tensor(tmp_path):
+  """Missing, mis-shaped, unconvertible and unknown tensors, all in one error."""
+  from safetensors.numpy import load_file, save_file
+  from research import training
+  from tests import tiny_bert
+  from tests.helpers import tiny_config
+  hf_dir = tiny_bert.write_dir(str(tmp_path / 'bert'))
+  weights = os.path.join(hf_dir, 'model.safetensors')
+  tensors = load_file(weights)
+  del tensors['encoder.layer.0.output.dense.bias']
+  tensors['encoder.layer.1.intermediate.dense.bias'] = np.zeros(7, np.float32)
+  tensors['encoder.layer.1.attention.self.key.weight'] = np.zeros((5, 64), np.float32)
+  tensors['encoder.layer.0.extra.weight'] = np.zeros(3, np.float32)
+  save_file(tensors, weights)
+  config = tiny_config('transformer', steps=1, pooling='first')
+  config.dataset.name = f"npz:{tiny_bert.write_dataset(str(tmp_path / 'data.npz'), 64, 16)}"
+  config.dataset.preprocess = 'tokenize_pretrained(max_len=8)'
+  config.init_from.hf_dir = hf_dir
+  with pytest.raises(ValueError) as e:
+    training.train_and_evaluate(config, str(tmp_path / 'run'))
+  text = str(e.value)
+  assert 'missing in the source (4):' in text  # the bias, the unconvertible key, head/*
+  assert "'block_0/mlp_out/bias'" in text and "'head/kernel'" in text
+  assert 'block_1/mlp_in/bias: ours (128,) vs source (7,)' in text
+  assert 'not converted: encoder.layer.1.attention.self.key.weight (5, 64)' in text
+  assert 'no place for: encoder.layer.0.extra.weight' in text
