@@ -10,13 +10,13 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from research import models
 from research.errors import ConfigError
 from research.models import hf_bert
+from research.training import optim
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -118,7 +118,7 @@ def test_hidden_states_and_logits_equal_transformers(hf_dir, reference, scan_lay
 
 def test_hf_ours_hf_round_trip_gives_the_same_logits(hf_dir, reference, tmp_path):
   cfg, model, params = _ours(hf_dir)
-  flat = {hf_bert.optim_path(k): np.asarray(v) for k, v in
+  flat = {optim.path_of(k): np.asarray(v) for k, v in
           jax.tree_util.tree_flatten_with_path(params)[0]}
   out = hf_bert.write_dir(str(tmp_path / 'out'), flat, cfg, NUM_LABELS,
                           tokenizer_json=None)

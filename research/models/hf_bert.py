@@ -90,10 +90,6 @@ def encoder_fields(hf_config: dict[str, Any], names) -> dict[str, Any]:
 
 
 # ---- The name map: (our path, Hugging Face name, ours<-hf, hf<-ours) ----
-def _dense_in(w, b, heads):   # (out, in) -> (in, out)
-  return w.T
-
-
 def _identity(x, heads=None):
   return x
 
@@ -312,11 +308,6 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
       node = node.setdefault(part, {})
     node[leaf] = value
   return tree
-
-
-def optim_path(keys) -> str:
-  from research.training import optim
-  return optim.path_of(keys)
 
 
 def fill_model_config(model_cfg, hf_dir: str) -> dict[str, tuple[Any, Any]]:
