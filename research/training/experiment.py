@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -25,7 +26,8 @@ from research.errors import ConfigError
 from research.evaluation import evaluators
 from research.parallel import sharding
 from research.training import checkpoint as checkpoint_lib
-from research.training import optim, steps
+from research.models import hf_bert, lora
+from research.training import init_from, optim, steps
 
 
 @dataclasses.dataclass
@@ -49,6 +51,8 @@ class Experiment:
   example_dtype: np.dtype                      # as the pipeline ships it (uint8 images stay uint8)
   example_batch: dict[str, np.ndarray]         # one preprocessed example, every field
   preprocess: preprocess.Preprocess  # train_fn augments; eval_fn is what evaluation sees
+  # LoRA: the frozen base's param paths, left out of checkpoints (reloaded from init_from).
+  base_paths: frozenset[str] = frozenset()
 
   def initial_state(self) -> steps.TrainState:
     """A fresh state, each shard created on its own device (no full copy anywhere)."""
@@ -115,6 +119,11 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
           devices=None) -> Experiment:
   """`workdir` holds a tokenizer trained by the preprocessing (reused on resume and eval).
   `eval_split_names` defaults to every split an evaluator of the config reads."""
+  if config.init_from.hf_dir:  # the checkpoint fixes the encoder's architecture
+    changed = hf_bert.fill_model_config(config.model, config.init_from.hf_dir)
+    if changed:
+      logging.info('config.model set from %s: %s', config.init_from.hf_dir, changed)
+
   # ---- Mesh ----
   mesh = sharding.make_mesh(config.mesh, devices)
   check_batch_sizes(config, sharding.data_parallel_size(mesh))
@@ -135,7 +144,8 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
   eval_splits = {name: source.load(name) for name in eval_split_names}
   pp = preprocess.build_preprocess(
       spec, train_split, seed=config.seed, num_classes=info.num_classes,
-      process_index=jax.process_index(), process_count=jax.process_count(), cache_dir=workdir)
+      process_index=jax.process_index(), process_count=jax.process_count(), cache_dir=workdir,
+      pretrained_dir=config.init_from.hf_dir)
   logging.info('Preprocessing %r: %s', spec, pp.summary())
   if pp.vocab_size and 'vocab_size' in config.model and config.model.vocab_size < pp.vocab_size:
     raise ConfigError(f'config.model.vocab_size={config.model.vocab_size} is smaller than the '
@@ -144,7 +154,7 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
 
   # ---- Objective, model, optimizer, state shapes and shardings ----
   objective = objectives.build(config, info=info, preprocess=pp)
-  model = models.build_model(config.model, objective.num_outputs(info))
+  model = models.build_model(config.model, objective.num_outputs(info), config.lora)
   input_fields = models.batch_inputs(model)
   any_split = train_split if train_split is not None else next(iter(eval_splits.values()))
   example_batch = pp.eval_fn({'inputs': any_split.inputs[:1], 'labels': any_split.labels[:1],
@@ -166,7 +176,9 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
         f'dataset {info.name!r}: one example has shape {tuple(example_inputs.shape[1:])} and '
         f'dtype {example_inputs.dtype} (after preprocessing {config.dataset.preprocess!r}). '
         f'{type(e).__name__}: {e}') from e
-  tx = optim.create_optimizer(config.optimizer, config.num_train_steps, params=boxed_params)
+  base_paths = _lora_base(config, boxed_params)
+  tx = optim.create_optimizer(lora.optimizer_config(config), config.num_train_steps,
+                              params=boxed_params)
   init_fn = functools.partial(steps.create_train_state, model, tx, example_inputs,
                               model_kwargs=example_kwargs)
   boxed = jax.eval_shape(init_fn, jax.random.key(config.seed))
@@ -196,7 +208,25 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
                     train_fn=train_fn, preprocess=pp,
                     example_shape=tuple(example_inputs.shape[1:]),
                     example_dtype=example_inputs.dtype,
-                    example_batch=example_batch)
+                    example_batch=example_batch, base_paths=base_paths)
+
+
+def _lora_base(config: ml_collections.ConfigDict, boxed_params) -> frozenset[str]:
+  """LoRA's frozen base (empty without LoRA), after checking the targets matched and that
+  init_from loads every frozen param (a fresh one could not be reloaded on resume)."""
+  if not lora.enabled(config.lora):
+    return frozenset()
+  paths = optim.param_paths(boxed_params)
+  lora.check_targets(config.lora, paths)
+  frozen = re.compile(lora.freeze_regex(config.lora))
+  base = {p for p in paths if frozen.search(p)}
+  loaded = init_from.wanted(config.init_from, paths)
+  fresh = sorted(base - loaded)
+  if fresh:
+    raise ConfigError(f'LoRA freezes {fresh}, which init_from does not load (load='
+                      f'{config.init_from.load!r}, skip={config.init_from.skip!r}); train them '
+                      f'(config.lora.trainable) or load them.')
+  return frozenset(base)
 
 
 def restore_run(workdir: str, checkpoint: str | int = 'latest', *,
@@ -231,6 +261,10 @@ def restore_run(workdir: str, checkpoint: str | int = 'latest', *,
     eval_split_names = config_lib.eval_splits(config)[:1] or [config.dataset.train_split]
   exp = build(config, load_train_split=False, eval_split_names=eval_split_names,
               workdir=workdir)
+  checkpointer.leave_out = exp.base_paths
   state = checkpointer.restore_state(exp.abstract_state, step)
   checkpointer.close()
+  if exp.base_paths:
+    state = state.replace(params=init_from.restore_base(state.params, exp.abstract_state.params,
+                                                        config.init_from))
   return config, exp, state, step

@@ -78,6 +78,7 @@ class Trainer:
         sampler=sampler, prefetch_threads=config.dataset.prefetch_threads,
         batches_per_chunk=config.dataset.batches_per_chunk))
     self.checkpointer = checkpoint_lib.Checkpointer.for_run(self.workdir, config)
+    self.checkpointer.leave_out = self.exp.base_paths  # LoRA: the base stays in init_from
 
     self.state = None
     self.start_step = 0
@@ -96,11 +97,14 @@ class Trainer:
       state, step, restored_trainer = self.checkpointer.restore(self.exp.abstract_state,
                                                                 self.train_iter)
       if state is not None:
+        if self.exp.base_paths:
+          state = state.replace(params=init_from.restore_base(
+              state.params, self.exp.abstract_state.params, self.config.init_from))
         self.state, self.start_step = state, step
         logging.info('Resumed from the checkpoint at step %d.', step)
         return restored_trainer
     self.state = self.exp.initial_state()
-    if self.config.init_from.workdir:
+    if self.config.init_from.workdir or self.config.init_from.hf_dir:
       self.state, _ = init_from.load_params(self.state, self.config.init_from,
                                             self.exp.state_sharding.params)
     return {}
