@@ -3,7 +3,9 @@ training (QAT) from `config.quantization.qat`.
 
 Modes (`MODES`):
 - 'int8': int8 weights (per output channel, absmax), float32 activations. Smaller on disk;
-  on CPU not faster (XLA dequantizes the weight, then runs a float32 dot).
+  on CPU not faster (XLA dequantizes the weight, then runs a float32 dot). A library
+  convolution (`conv_impl='xla'`) stays float here: qwix quantizes those only with int8
+  activations.
 - 'w8a8': int8 weights and int8 activations. Activation scales are dynamic (absmax of each
   row, computed in the dot), so no calibration batches are needed; the compiled dots are
   `s32 dot(s8, s8)`.
@@ -45,8 +47,11 @@ def check_mode(mode: str, key: str = '--mode') -> None:
 
 def _rules(mode: str, rule_cls=qwix.QuantizationRule) -> list:
   check_mode(mode)
-  act = jnp.int8 if mode == 'w8a8' else None
-  return [rule_cls(module_path='.*', weight_qtype=jnp.int8, act_qtype=act)]
+  if mode == 'w8a8':
+    return [rule_cls(module_path='.*', weight_qtype=jnp.int8, act_qtype=jnp.int8)]
+  # qwix quantizes a library convolution (nn.Conv, conv_impl='xla') only with int8
+  # activations too: weight-only mode leaves it float (im2col convolutions are dots).
+  return [rule_cls(module_path='.*', weight_qtype=jnp.int8, op_names=('dot_general', 'einsum'))]
 
 
 def qat_model(model: nn.Module, mode: str) -> nn.Module:
@@ -70,7 +75,8 @@ def quantize_variables(model: nn.Module, mode: str, variables: dict[str, Any],
   qmodel = ptq_model(model, mode)
   abstract = jax.eval_shape(
       lambda: qmodel.init(jax.random.key(0), example_inputs, train=False, **model_kwargs))
-  params = qwix.quantize_params(nn.unbox(variables['params']), abstract['params'])
+  params = qwix.quantize_params(jax.tree.map(jnp.asarray, nn.unbox(variables['params'])),
+                                abstract['params'])
   return qmodel, {**variables, 'params': params}
 
 

@@ -85,8 +85,13 @@ def _matmul_dot_general(lhs, rhs, dimension_numbers, precision=None,
                         preferred_element_type=None):
   """`nn.Dense`'s dot_general (contract lhs's last axis with rhs's first) via `matmul`."""
   if dots_intercepted():
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=preferred_element_type)
+    # A leading unit axis: qwix falls back to matching shapes when it looks for weights, and
+    # a (batch, width) activation shaped like a (width, width) kernel would pass for one.
+    (lhs_contract, rhs_contract), batch = dimension_numbers
+    y = jax.lax.dot_general(lhs[None], rhs, ((tuple(a + 1 for a in lhs_contract), rhs_contract),
+                                             batch), precision=precision,
+                            preferred_element_type=preferred_element_type)
+    return y[0]
   del precision, preferred_element_type  # Dense passes None, the defaults `@` uses
   (lhs_contract, rhs_contract), batch = dimension_numbers
   if (tuple(lhs_contract), tuple(rhs_contract)) != ((lhs.ndim - 1,), (0,)) or any(batch):

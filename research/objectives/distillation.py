@@ -57,9 +57,12 @@ class Distillation(Classification):
     from research.data import preprocess as preprocess_lib
     from research.training import experiment, steps  # experiment builds objectives
     teacher_config = writers.read_config(workdir)
+    def deterministic(spec):  # train-only random ops (augmentation) may differ
+      return [(name, args) for name, args in spec if not preprocess_lib.OPS[name].random]
     theirs = (teacher_config.dataset.name,
-              preprocess_lib.parse_spec(teacher_config.dataset.preprocess))
-    ours = (info.name, self.preprocess.spec if self.preprocess is not None else theirs[1])
+              deterministic(preprocess_lib.parse_spec(teacher_config.dataset.preprocess)))
+    ours = (info.name, deterministic(self.preprocess.spec) if self.preprocess is not None
+            else theirs[1])
     if theirs != ours:
       raise ConfigError(
           f'The teacher {workdir!r} read dataset {theirs[0]!r} with preprocessing '
