@@ -22,6 +22,7 @@ from research.errors import ConfigError
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'linear')
 NAN_POLICIES = ('stop', 'skip')
+QAT_MODES = ('', 'int8', 'w8a8')  # research.compress.quantize.QAT_MODES
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -96,6 +97,21 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.freeze = ''       # not updated, no optimizer state, e.g. '^(?!head/)' (linear probe)
   c.optimizer.lr_multipliers = ''  # 'REGEX=MULT; REGEX=MULT', first match wins, e.g. '^head/=10'
   c.optimizer.no_weight_decay = ''  # e.g. 'bias$|scale$'
+
+  # Compression (research/compress/). Quantization-aware training: the model's dots see
+  # int8-rounded weights ('int8') or weights and activations ('w8a8') in the forward pass,
+  # straight-through gradients; '' trains in float. Post-training quantization of any
+  # finished run is `python -m research.quantize`.
+  c.quantization = ml_collections.ConfigDict()
+  c.quantization.qat = ''       # one of QAT_MODES
+  # Magnitude pruning (research/compress/prune.py): masks in the optimizer state.
+  c.pruning = ml_collections.ConfigDict()
+  c.pruning.sparsity = 0.0      # final fraction of zero weights; 0 disables pruning
+  c.pruning.scope = 'global'    # 'global' (one threshold over all pruned params) or 'layer'
+  c.pruning.params = 'kernel$'  # regex over param paths: which params are pruned
+  c.pruning.begin_step = 0      # the cubic schedule runs from begin_step ...
+  c.pruning.end_step = -1       # ... to end_step (-1: 75% of num_train_steps), then holds
+  c.pruning.update_every = 50   # steps between mask updates within the schedule
 
   # A jax.profiler trace of a few steps, written to WORKDIR/profile (TensorBoard / Perfetto).
   c.profile = ml_collections.ConfigDict()
@@ -212,6 +228,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if lora.enabled(config.lora) and not (config.init_from.workdir or config.init_from.hf_dir):
     raise ConfigError('LoRA (config.lora.rank > 0) adapts a pretrained base: set '
                       'config.init_from.hf_dir or config.init_from.workdir.')
+  if config.quantization.qat not in QAT_MODES:
+    raise ConfigError(f'config.quantization.qat={config.quantization.qat!r}; accepted: '
+                      f'{list(QAT_MODES)}.')
+  from research.compress import prune  # here: research.training imports this module
+  prune.check(config)
   if config.checkpoint.preemption_sync_every_steps < 1:
     raise ConfigError('config.checkpoint.preemption_sync_every_steps must be >= 1, got '
                       f'{config.checkpoint.preemption_sync_every_steps}.')

@@ -74,6 +74,11 @@ OVERRIDES = {
     # The demo as the Makefile writes it, full length: the README evaluates its
     # checkpoint 5000 (the newest two of every 1,000 steps are kept).
     'make demo': '--config.progress_bar=False',
+    # The pruning schedule must fit in the 20 shrunk steps.
+    'python -m research.main --config=configs/mnist1d/cnn.py --workdir=runs/cnn_p80 '
+    '--config.pruning.sparsity=0.8 --config.pruning.begin_step=1000 '
+    '--config.pruning.end_step=4000':
+        SHRINK + ' --config.pruning.begin_step=5 --config.pruning.end_step=15',
 }
 
 # Command -> flags appended to it (before a trailing comment): shrinking only.
@@ -81,6 +86,8 @@ EXTRA_ARGS = {
     # The small cases only: the full set's compiles cost half a minute of the suite.
     'taskset -c 1 python -m benchmarks.bench --json=bench.json':
         '--repeats=1 --steps=2 --sizes=small',
+    'taskset -c 1 python -m benchmarks.compress_bench '
+    '--rows=cnn/float32=runs/demo,cnn/w8a8=runs/demo_w8a8': '--repeats=1 --budget_s=0.01',
 }
 
 # Command -> files it must leave (relative to the directory), and checks on them.
@@ -106,6 +113,19 @@ EXPECTED = {
         {'runs/mh/results.json': lambda r: r['steps'] == 20},
     'taskset -c 1 python -m benchmarks.bench --json=bench.json':
         {'bench.json': lambda r: len(r['rows']) >= 3},
+    'python -m research.quantize --workdir=runs/demo --mode=w8a8 --out=runs/demo_w8a8':
+        {'runs/demo_w8a8/results.json': lambda r: r['quantization'] == 'w8a8'
+         and r['test']['accuracy'] > 0.8},
+    'python -m research.main --config=configs/mnist1d/cnn.py --workdir=runs/cnn_p80 '
+    '--config.pruning.sparsity=0.8 --config.pruning.begin_step=1000 '
+    '--config.pruning.end_step=4000':
+        {'runs/cnn_p80/results.json': lambda r: r['steps'] == 20
+         and abs(r['pruning']['overall'] - 0.8) < 0.01},
+    "python -m research.main --config=configs/mnist1d/distill.py --workdir=runs/mlp_distilled "
+    "--config.objective_args.teacher=runs/demo '--config.dataset.preprocess=random_shift(max=3)' "
+    '--config.objective_args.temperature=2.0 --config.objective_args.alpha=0.5':
+        {'runs/mlp_distilled/results.json': lambda r: r['steps'] == 20
+         and r['objective'] == 'distillation'},
 }
 
 # A README command that fails as written for a real reason, with the error, until it is fixed.

@@ -64,9 +64,34 @@ def _matmul_bwd(residuals, g):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+_LAX_DOT_GENERAL = jax.lax.dot_general
+_LAX_DOT_GENERAL_CODE = jax.lax.dot_general.__code__
+
+
+def dots_intercepted() -> bool:
+  """True while a quantizer (qwix) has replaced `jax.lax.dot_general` (the function, or
+  its code object, which is how qwix patches it) with its own.
+
+  qwix quantizes the dots it sees through that public name and recognises a weight by
+  identity with the parameter. `matmul`'s custom VJP (a training-speed detail) would hide
+  the dot from it and cannot take a quantized weight, so the layers then call
+  `jax.lax.dot_general` on the unreshaped parameter instead: same maths.
+  """
+  dot_general = jax.lax.dot_general
+  return dot_general is not _LAX_DOT_GENERAL or dot_general.__code__ is not _LAX_DOT_GENERAL_CODE
+
+
 def _matmul_dot_general(lhs, rhs, dimension_numbers, precision=None,
                         preferred_element_type=None):
   """`nn.Dense`'s dot_general (contract lhs's last axis with rhs's first) via `matmul`."""
+  if dots_intercepted():
+    # A leading unit axis: qwix falls back to matching shapes when it looks for weights, and
+    # a (batch, width) activation shaped like a (width, width) kernel would pass for one.
+    (lhs_contract, rhs_contract), batch = dimension_numbers
+    y = jax.lax.dot_general(lhs[None], rhs, ((tuple(a + 1 for a in lhs_contract), rhs_contract),
+                                             batch), precision=precision,
+                            preferred_element_type=preferred_element_type)
+    return y[0]
   del precision, preferred_element_type  # Dense passes None, the defaults `@` uses
   (lhs_contract, rhs_contract), batch = dimension_numbers
   if (tuple(lhs_contract), tuple(rhs_contract)) != ((lhs.ndim - 1,), (0,)) or any(batch):
@@ -131,7 +156,15 @@ class Im2colConv(nn.Module):
                                        in zip(offset, self.strides, out_sizes))]
               for offset in itertools.product(*(range(k) for k in window))]
     patches = jnp.concatenate(pieces, axis=-1)
-    y = matmul(patches, kernel.reshape(-1, self.features))
+    if dots_intercepted():
+      # The kernel unreshaped (a quantizer finds it by identity): window and channel
+      # axes contracted together, the same sum as the matmul below.
+      n = len(window) + 1
+      patches = patches.reshape(patches.shape[:-1] + window + (x.shape[-1],))
+      lhs_axes = tuple(range(patches.ndim - n, patches.ndim))
+      y = jax.lax.dot_general(patches, kernel, ((lhs_axes, tuple(range(n))), ((), ())))
+    else:
+      y = matmul(patches, kernel.reshape(-1, self.features))
     return y + bias if bias is not None else y
 
 

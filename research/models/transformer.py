@@ -84,7 +84,8 @@ class HeadsProjection(nn.Module):
       bias = self.param('bias', nn.with_logical_partitioning(layers.default_bias_init,
                                                              ('heads', 'kv')),
                         (self.num_heads, self.head_dim), jnp.float32)
-      y = jnp.einsum('bld,dhk->blhk', x.astype(self.dtype), kernel.astype(self.dtype))
+      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)  # qwix-interceptable
+      y = jnp.einsum('bld,dhk->blhk', x, kernel)
     else:
       dim = self.num_heads * self.head_dim  # the output projection keeps the width
       init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
@@ -94,7 +95,8 @@ class HeadsProjection(nn.Module):
       bias = self.param('bias', nn.with_logical_partitioning(layers.default_bias_init,
                                                              ('embed',)),
                         (dim,), jnp.float32)
-      y = jnp.einsum('blhk,hkd->bld', x.astype(self.dtype), kernel.astype(self.dtype))
+      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)  # qwix-interceptable
+      y = jnp.einsum('blhk,hkd->bld', x, kernel)
     return y + bias.astype(self.dtype)
 
 

@@ -14,11 +14,13 @@ from research import errors
 from research.errors import ConfigError
 from research.objectives.base import Objective
 from research.objectives.classification import Classification
+from research.objectives.distillation import Distillation
 from research.objectives.masked_lm import MaskedLM
 
 OBJECTIVES: dict[str, type[Objective]] = {
     'classification': Classification,
     'masked_lm': MaskedLM,
+    'distillation': Distillation,
 }
 
 

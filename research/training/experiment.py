@@ -26,6 +26,7 @@ from research.errors import ConfigError
 from research.evaluation import evaluators
 from research.parallel import sharding
 from research.training import checkpoint as checkpoint_lib
+from research.compress import prune
 from research.models import hf_bert, lora
 from research.training import init_from, optim, steps
 
@@ -155,6 +156,10 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
   # ---- Objective, model, optimizer, state shapes and shardings ----
   objective = objectives.build(config, info=info, preprocess=pp)
   model = models.build_model(config.model, objective.num_outputs(info), config.lora)
+  qat = config.get('quantization', {}).get('qat', '')
+  if qat:  # fake-quantized dots (qwix); the params are the float model's
+    from research.compress import quantize  # qwix loads only for runs that use it
+    model = quantize.qat_model(model, qat)
   input_fields = models.batch_inputs(model)
   any_split = train_split if train_split is not None else next(iter(eval_splits.values()))
   example_batch = pp.eval_fn({'inputs': any_split.inputs[:1], 'labels': any_split.labels[:1],
@@ -179,6 +184,7 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
   base_paths = _lora_base(config, boxed_params)
   tx = optim.create_optimizer(lora.optimizer_config(config), config.num_train_steps,
                               params=boxed_params)
+  tx = prune.wrap(tx, config, boxed_params)  # itself unless config.pruning.sparsity > 0
   init_fn = functools.partial(steps.create_train_state, model, tx, example_inputs,
                               model_kwargs=example_kwargs)
   boxed = jax.eval_shape(init_fn, jax.random.key(config.seed))

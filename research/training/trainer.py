@@ -20,6 +20,7 @@ from absl import logging
 
 from research import config as config_lib
 from research import models, paths, writers
+from research.compress import prune
 from research.data import balance, pipeline
 from research.evaluation import evaluators
 from research.parallel import distributed, sharding
@@ -254,6 +255,8 @@ class Trainer:
         'devices': self.exp.mesh.size,
         'processes': jax.process_count(),
         'platform': jax.devices()[0].platform,
+        **({'pruning': prune.sparsity_report(self.state.params, self.config)}
+           if prune.enabled(self.config) else {}),
     }
 
 

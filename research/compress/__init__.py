@@ -1,0 +1,1 @@
+"""Compression: int8 quantization (qwix), magnitude pruning; distillation is an objective."""
