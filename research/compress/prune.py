@@ -109,7 +109,8 @@ def check(config: ml_collections.ConfigDict) -> None:
   if block.update_every < 1:
     raise ConfigError(f'config.pruning.update_every must be >= 1, got {block.update_every}.')
   end = end_step(config)
-  if not 0 <= block.begin_step < end <= config.num_train_steps:
+  # The schedule matters only when pruning is on (a 1-step run has no room for one).
+  if block.sparsity > 0 and not 0 <= block.begin_step < end <= config.num_train_steps:
     raise ConfigError(f'config.pruning needs 0 <= begin_step < end_step <= num_train_steps; '
                       f'got begin_step={block.begin_step}, end_step={end} '
                       f'(num_train_steps={config.num_train_steps}).')
