@@ -240,8 +240,9 @@ def test_resumed_gcs_run_equals_the_uninterrupted_local_run(storage, runs):
 
 
 # What the run above does not exercise: quarantining a checkpoint (a directory move), a
-# trained tokenizer cached in the workdir, globbing, appends, your own npz/csv data. Run
-# where the loopback environment is set before gcsfs is imported.
+# trained tokenizer cached in the workdir, globbing, appends, your own npz/csv data, the
+# write probe, a profiler trace. Run where the loopback environment is set before gcsfs
+# is imported.
 PATHS_SCRIPT = f"""
 from research import paths
 from research.data import tokenizers
@@ -287,11 +288,19 @@ except ConfigError as e:
       '\\n' not in str(e)), str(e)
 else:
   raise AssertionError('a missing bucket was accepted')
+
+import jax.numpy as jnp
+from research.training import actions
+profile = actions.Profile(start_step=1, num_steps=1, directory=root + '/profile')
+profile.before_step(None, 1)  # the profiler writes locally; closing uploads the trace
+jnp.ones(3).block_until_ready()
+profile.close()
+assert any(f.endswith('.xplane.pb') for f in paths.files_under(root + '/profile'))
 print('ok')
 """
 
 
-def test_path_helpers_and_tokenizer_cache_on_a_bucket(storage, tmp_path):
+def test_path_helpers_tokenizers_data_and_profiles_on_a_bucket(storage, tmp_path):
   proc = _python('-c', PATHS_SCRIPT, env=_env(storage), cwd=str(tmp_path))
   code, out, err = _finish(proc, storage, timeout=120)
   assert code == 0 and out.strip() == 'ok', err
