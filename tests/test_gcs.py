@@ -103,17 +103,20 @@ class _Storage:
 
 @pytest.fixture(scope='module')
 def storage():
-  server = FakeGCSServer(host='127.0.0.1')  # a free port on loopback
-  saved = os.environ.get('STORAGE_EMULATOR_HOST')
-  server.start()
-  try:
-    store = _Storage(server)
-    store.create_bucket(BUCKET)
-    yield store
-  finally:
-    server.stop()
-    if saved is not None:
-      os.environ['STORAGE_EMULATOR_HOST'] = saved
+  # The wrapper polls the server with urllib (which honours proxy settings) and sets
+  # STORAGE_EMULATOR_HOST here; both are undone when the module ends.
+  with pytest.MonkeyPatch.context() as env:
+    for name in ('NO_PROXY', 'no_proxy'):
+      env.setenv(name, LOOPBACK_ENV[name])
+    env.delenv('STORAGE_EMULATOR_HOST', raising=False)  # restored, if it was set, at the end
+    server = FakeGCSServer(host='127.0.0.1')  # a free port on loopback
+    server.start()
+    try:
+      store = _Storage(server)
+      store.create_bucket(BUCKET)
+      yield store
+    finally:
+      server.stop()
 
 
 def _env(storage: _Storage) -> dict:
@@ -181,10 +184,17 @@ def runs(storage, tmp_path_factory):
 
   proc = _module('research.main', f'--config={CONFIG}', f'--workdir={gs_run}', *OVERRIDES,
                  env=env, cwd=cwd)
-  # Stop it once its first metrics are in the bucket (placed by what the run wrote).
-  assert cu.wait_for(lambda: storage.exists('run/metrics.jsonl'), 120, proc, interval=0.02)
-  proc.send_signal(signal.SIGTERM)
+  logged = False
+  try:
+    # Stop it once its first metrics are in the bucket (placed by what the run wrote).
+    logged = cu.wait_for(lambda: storage.exists('run/metrics.jsonl'), 120, proc, interval=0.02)
+  finally:
+    if not logged and proc.poll() is None:  # never leave the run behind
+      cu.kill_group(proc)
+  if logged:
+    proc.send_signal(signal.SIGTERM)
   code, _, err = _finish(proc, storage)
+  assert logged, f'no metrics.jsonl in the bucket; the run exited with {code}: {err}'
   assert code == preemption.PREEMPTED_EXIT_CODE, err
   stopped_at = int(err.split('Stopped by SIGTERM after step ')[1].split(';')[0])
   assert 0 < stopped_at < STEPS
@@ -240,8 +250,9 @@ def test_resumed_gcs_run_equals_the_uninterrupted_local_run(storage, runs):
 
 
 # What the run above does not exercise: quarantining a checkpoint (a directory move), a
-# trained tokenizer cached in the workdir, globbing, appends, your own npz/csv data. Run
-# where the loopback environment is set before gcsfs is imported.
+# trained tokenizer cached in the workdir, globbing, appends, your own npz/csv data, the
+# write probe, a profiler trace. Run where the loopback environment is set before gcsfs
+# is imported.
 PATHS_SCRIPT = f"""
 from research import paths
 from research.data import tokenizers
@@ -287,11 +298,19 @@ except ConfigError as e:
       '\\n' not in str(e)), str(e)
 else:
   raise AssertionError('a missing bucket was accepted')
+
+import jax.numpy as jnp
+from research.training import actions
+profile = actions.Profile(start_step=1, num_steps=1, directory=root + '/profile')
+profile.before_step(None, 1)  # the profiler writes locally; closing uploads the trace
+jnp.ones(3).block_until_ready()
+profile.close()
+assert any(f.endswith('.xplane.pb') for f in paths.files_under(root + '/profile'))
 print('ok')
 """
 
 
-def test_path_helpers_and_tokenizer_cache_on_a_bucket(storage, tmp_path):
+def test_path_helpers_tokenizers_data_and_profiles_on_a_bucket(storage, tmp_path):
   proc = _python('-c', PATHS_SCRIPT, env=_env(storage), cwd=str(tmp_path))
   code, out, err = _finish(proc, storage, timeout=120)
   assert code == 0 and out.strip() == 'ok', err
