@@ -46,6 +46,15 @@ SKIPPED = {
     'make test-slow': 'the long suite: recursion, and tens of minutes',
     'pip install torch==2.13.0':
         'needs the network and changes the shared .venv',
+    'make serve': 'serves until stopped (its export step is the command before it)',
+    'curl -s localhost:8000/v2/models/demo': 'needs the server of `make serve` running',
+    'curl -s localhost:8000/predict -d @two.json': 'needs the server of `make serve` running',
+    'curl -s localhost:8000/v2/models/demo/infer -d @oip.json':
+        'needs the server of `make serve` running',
+    """curl -s localhost:8000/predict -d '{"inputs": [[1, 2, 3]]}'""":
+        'needs the server of `make serve` running',
+    'curl -s localhost:8000/metrics': 'needs the server of `make serve` running',
+    'make loadtest': 'minutes of load on every core; installs Flask and trains a text run',
 }
 
 # Command -> RESEARCH_EXTRA_OVERRIDES for it, where SHRINK is not right.
@@ -85,6 +94,9 @@ EXPECTED = {
         {'runs/mh/results.json': lambda r: r['steps'] == 20},
     'taskset -c 1 python -m benchmarks.bench --json=bench.json':
         {'bench.json': lambda r: len(r['rows']) >= 3},
+    'python -m research.export --workdir=runs/demo --out=runs/export/demo':
+        {'runs/export/demo/signature.json': lambda r: r['name'] == 'demo',
+         'runs/export/demo/manifest.json': lambda r: 'model.jaxexport' in r['files']},
 }
 
 # A README command that fails as written for a real reason, with the error, until it is fixed.
