@@ -3,7 +3,7 @@
   python -m research.serve --model=runs/export/demo [--port=8000] [--max_batch=16]
 
 Loads and checks the artifact (its sha256 manifest), compiles the batch sizes it will
-use (powers of two up to --max_batch), then serves the Open Inference Protocol, TF
+call (powers of two up to --max_batch), then serves the Open Inference Protocol, TF
 Serving's `:predict`, `POST /predict` and `/metrics` (research/serving/app.py) with
 uvicorn. SIGTERM or Ctrl-C: stop accepting connections, answer the requests already
 received, exit.
@@ -21,8 +21,8 @@ _MODEL = flags.DEFINE_string('model', None, 'An exported model directory.')
 _HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to bind (0.0.0.0: every interface).')
 _PORT = flags.DEFINE_integer('port', 8000, 'TCP port.')
 _MAX_BATCH = flags.DEFINE_integer(
-    'max_batch', 16, 'Most examples in one model call (dynamic batching; 1: off). Batch '
-    'sizes are padded to powers of two up to this, each compiled at start.')
+    'max_batch', 16, 'Most examples in one batch (dynamic batching; 1: off). A batch runs '
+    'as calls of powers of two up to this (and this), each size compiled at start.')
 _MAX_DELAY_MS = flags.DEFINE_float(
     'max_delay_ms', 0.0, 'How long a batch waits for more requests (0: it takes only the '
     'requests already waiting, so a lone request never waits).')
