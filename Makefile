@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow table text-table grokking minilm-table bench bench-data race clean-venv
+.PHONY: demo test test-slow table text-table grokking minilm-table bench bench-data race serve \
+        loadtest clean-venv
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +40,24 @@ bench-data: $(STAMP)
 # End to end against the seeds' PyTorch loops (needs torch), one core for both.
 race: $(STAMP)
 	taskset -c 1 $(PY) -m benchmarks.race --json=race.json
+# Exports the demo's model (`make demo` first) and serves it on http://127.0.0.1:$(PORT).
+PORT ?= 8000
+serve: $(STAMP)
+	@test -f runs/demo/results.json || { echo 'No runs/demo: run `make demo` first.'; exit 2; }
+	$(PY) -m research.export --workdir=runs/demo --out=runs/export/demo
+	$(PY) -m research.serve --model=runs/export/demo --port=$(PORT)
+
+# research.serve against a Flask app calling the model per request, on the demo's CNN and
+# a small text Transformer (trained here for 300 steps if missing). Flask is installed
+# for this benchmark only.
+loadtest: $(STAMP)
+	@test -f runs/demo/results.json || { echo 'No runs/demo: run `make demo` first.'; exit 2; }
+	$(PY) -c 'import flask' 2>/dev/null || $(PY) -m pip install -q -c constraints.txt 'flask>=3,<4'
+	test -f runs/rt_small/results.json || $(PY) -m research.main \
+	    --config=configs/rotten_tomatoes/classifier.py --workdir=runs/rt_small \
+	    --config.num_train_steps=300 --config.eval_every_steps=300 \
+	    --config.checkpoint.every_steps=300 --config.progress_bar=False
+	$(PY) -m benchmarks.loadtest --workdir=runs/demo --workdir=runs/rt_small
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,6 +1,6 @@
 """Exports a finished run as a self-contained model directory for serving.
 
-  python -m research.export --workdir=runs/demo [--checkpoint=latest|best|STEP] --out=exported/demo
+  python -m research.export --workdir=runs/demo [--checkpoint=latest|best|STEP] --out=runs/export/demo
 
 The directory (format: `research/serving/artifact.py`) holds a `jax.export` module with a
 symbolic batch size for cpu, cuda and tpu, its weights, `signature.json`, the run's

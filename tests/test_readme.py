@@ -67,6 +67,15 @@ SKIPPED = {
         'exports the MiniLM run above; tests/test_lora.py exports a tiny LoRA run',
     'python -m pytest -m slow tests/test_minilm.py':
         'the slow suite (make test-slow) runs it where the MiniLM package is installed',
+    'make serve': 'serves until stopped (its export step is the command before it)',
+    'curl -s localhost:8000/v2/models/demo': 'needs the server of `make serve` running',
+    'curl -s localhost:8000/predict -d @two.json': 'needs the server of `make serve` running',
+    'curl -s localhost:8000/v2/models/demo/infer -d @oip.json':
+        'needs the server of `make serve` running',
+    """curl -s localhost:8000/predict -d '{"inputs": [[1, 2, 3]]}'""":
+        'needs the server of `make serve` running',
+    'curl -s localhost:8000/metrics': 'needs the server of `make serve` running',
+    'make loadtest': 'minutes of load on every core; installs Flask and trains a text run',
 }
 
 # Command -> RESEARCH_EXTRA_OVERRIDES for it, where SHRINK is not right.
@@ -126,6 +135,9 @@ EXPECTED = {
     '--config.objective_args.temperature=2.0 --config.objective_args.alpha=0.5':
         {'runs/mlp_distilled/results.json': lambda r: r['steps'] == 20
          and r['objective'] == 'distillation'},
+    'python -m research.export --workdir=runs/demo --out=runs/export/demo':
+        {'runs/export/demo/signature.json': lambda r: r['name'] == 'demo',
+         'runs/export/demo/manifest.json': lambda r: 'model.jaxexport' in r['files']},
 }
 
 # A README command that fails as written for a real reason, with the error, until it is fixed.

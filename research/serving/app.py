@@ -206,12 +206,12 @@ class Server:
 
 
 def create_app(model: artifact.ExportedModel, *, limits: Limits | None = None,
-               max_batch: int = 64, max_delay_s: float = 0.0) -> FastAPI:
+               max_batch: int = 16, max_delay_s: float = 0.0, workers: int = 1) -> FastAPI:
   """The app; `model` should be warmed up (`model.warm_up()`) before it takes traffic."""
   limits = limits or Limits()
   metrics = Metrics()
   batcher = Batcher(model.run, max_batch=max_batch, max_delay_s=max_delay_s,
-                    on_batch=metrics.batch_size.observe)
+                    workers=workers, on_batch=metrics.batch_size.observe)
   server = Server(model, limits, batcher, metrics)
 
   @contextlib.asynccontextmanager

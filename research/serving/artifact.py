@@ -1,7 +1,7 @@
 """Loads an exported model directory (`python -m research.export`) with jax and numpy only.
 
   from research.serving import artifact          # or, where `research` is not installed:
-  model = artifact.load('exported/cnn')          #   sys.path.insert(0, DIR); import loader
+  model = artifact.load('runs/export/demo')      #   sys.path.insert(0, DIR); import loader
   model.predict(x_Bx40)                          # {'labels', 'names', 'probabilities'}
 
 This module imports nothing from `research` (the exporter copies it into every artifact
@@ -177,8 +177,16 @@ class TextEncoder:
 
 # ---- The model ----
 
-def _bucket(n: int, buckets: Sequence[int]) -> int:
-  return next((b for b in buckets if b >= n), buckets[-1])
+def _chunks(n: int, buckets: Sequence[int]) -> list[tuple[int, int]]:
+  """`(rows, compiled size)` pieces covering n rows: the largest bucket that fits, again
+  and again (with powers of two, n's binary digits: no padding); a remainder below the
+  smallest bucket is padded up to it."""
+  pieces = []
+  while n > 0:
+    size = next((b for b in reversed(buckets) if b <= n), buckets[0])
+    pieces.append((min(size, n), size))
+    n -= size
+  return pieces
 
 
 class ExportedModel:
@@ -259,17 +267,16 @@ class ExportedModel:
   # -- running --
 
   def run(self, *arrays: np.ndarray) -> np.ndarray:
-    """Logits float32 `[N, K]` for prepared arrays, in padded bucket-sized batches."""
-    n, top = len(arrays[0]), self.batch_buckets[-1]
-    rows = []
-    for start in range(0, n, top):
-      chunk = [a[start:start + top] for a in arrays]
-      size = _bucket(len(chunk[0]), self.batch_buckets)
-      padded = [np.concatenate([c, np.zeros((size - len(c), *c.shape[1:]), c.dtype)])
-                if size > len(c) else c for c in chunk]
-      out = np.asarray(self._call(self.variables, *padded))
-      rows.append(out[:len(chunk[0])])
-    return np.concatenate(rows)
+    """Logits float32 `[N, K]` for prepared arrays, in calls of the compiled batch sizes."""
+    rows, start = [], 0
+    for count, size in _chunks(len(arrays[0]), self.batch_buckets):
+      chunk = [a[start:start + count] for a in arrays]
+      if size > count:
+        chunk = [np.concatenate([c, np.zeros((size - count, *c.shape[1:]), c.dtype)])
+                 for c in chunk]
+      rows.append(np.asarray(self._call(self.variables, *chunk))[:count])
+      start += count
+    return np.concatenate(rows) if len(rows) != 1 else rows[0]
 
   def warm_up(self) -> None:
     """Compiles every bucket now, so no request waits for a compilation."""
