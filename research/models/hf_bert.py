@@ -279,9 +279,13 @@ def write_dir(out_dir: str, flat_params: dict[str, np.ndarray], model_cfg, num_l
   tensors = to_hf(flat_params, model_cfg)
   os.makedirs(out_dir, exist_ok=True)
 
+  umask = os.umask(0)
+  os.umask(umask)
+
   def atomic(name: str, write: Callable[[str], None]) -> None:
     tmp = os.path.join(out_dir, f'.{name}.tmp{os.getpid()}')
     write(tmp)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; files as open() would make them
     os.replace(tmp, os.path.join(out_dir, name))
 
   atomic(WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={'format': 'pt'}))

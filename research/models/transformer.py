@@ -287,8 +287,7 @@ class TransformerEncoder(nn.Module):
 
   # Batch fields the trainer passes to __call__, as {batch field: keyword argument}:
   # the tokenizer's padding mask, and the positions a masked-LM objective predicts.
-  batch_inputs = {'input_mask': 'mask_BxL', 'mlm_positions': 'positions_BxP',
-                  'token_types': 'token_types_BxL'}
+  batch_inputs = {'input_mask': 'mask_BxL', 'mlm_positions': 'positions_BxP'}
 
   def flops_terms(self, input_shape: Sequence[int]) -> dict[str, int]:
     """The terms of the training FLOPs per example (`research.models` convention), and
