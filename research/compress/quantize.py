@@ -18,11 +18,9 @@ directory (quantized params, config.json, results.json from the run's own evalua
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Callable
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -196,9 +194,9 @@ def quantize_run(workdir: str, mode: str, out: str, checkpoint: str | int = 'lat
     for spec in evaluators.specs(config):
       results[spec.name] = evaluators.build(spec, qexp).evaluate(variables)
   bytes_on_disk = save_variables(os.path.join(out, PARAMS_FILE), variables)
-  qconfig = ml_collections.ConfigDict(config.to_dict())
+  # The source run's config plus where the int8 parameters came from (compress_bench reads it).
   writers.write_json_atomic(os.path.join(out, 'config.json'), {
-      **qconfig.to_dict(), 'post_training_quantization': {
+      **config.to_dict(), 'post_training_quantization': {
           'mode': mode, 'source': os.path.abspath(workdir), 'step': step}})
   results.update({
       'objective': config.objective,
