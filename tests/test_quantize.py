@@ -74,6 +74,17 @@ def test_quantized_outputs_are_close_to_float(name, mode):
     assert s8_dots >= num_kernels, (dot_operand_types(compiled.as_text()), num_kernels)
 
 
+def test_flat_quantized_function_exports_and_round_trips():
+  model, variables, x = _setup('mlp', batch=4)
+  qmodel, qvariables = quantize.quantize_variables(model, 'w8a8', variables, x[:1])
+  fn = quantize.make_apply(qmodel)
+  flat_fn, leaves = quantize.flat_apply(fn, qvariables)
+  exported = jax.export.export(jax.jit(flat_fn))(leaves, x)
+  restored = jax.export.deserialize(exported.serialize())
+  np.testing.assert_array_equal(np.asarray(restored.call(leaves, x)),
+                                np.asarray(jax.jit(fn)(qvariables, x)))
+
+
 def test_float_model_has_no_int8_dots():
   model, variables, x = _setup('mlp')
   hlo = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()

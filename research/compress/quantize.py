@@ -11,7 +11,8 @@ Modes (`MODES`):
   `s32 dot(s8, s8)`.
 
 `quantized_apply(run_dir, mode)` returns `(fn, variables)` with `fn(variables, inputs,
-**batch_inputs) -> logits`: a plain function for export. `quantize_run` writes a new run
+**batch_inputs) -> logits`: a plain function for export (`flat_apply` gives it a flat list
+of arrays in place of the variables' tree, which `jax.export` serializes). `quantize_run` writes a new run
 directory (quantized params, config.json, results.json from the run's own evaluators);
 `python -m research.quantize` is its command line.
 """
@@ -115,6 +116,17 @@ def quantized_apply(run_dir: str, mode: str = 'w8a8', checkpoint: str | int = 'l
   model's extra inputs (the Transformer's `mask_BxL`), as `research.predict` passes them."""
   _, _, fn, variables, _ = restore_quantized(run_dir, mode, checkpoint)
   return fn, variables
+
+
+def flat_apply(fn: Callable[..., jax.Array], variables
+               ) -> tuple[Callable[..., jax.Array], list[jax.Array]]:
+  """`(flat_fn, leaves)`: `fn` taking its variables as a flat list of arrays, which
+  `jax.export` can serialize (qwix's QArray is a pytree node it does not know)."""
+  leaves, treedef = jax.tree.flatten(variables)
+
+  def flat_fn(leaves, inputs, **batch_inputs):
+    return fn(jax.tree.unflatten(treedef, leaves), inputs, **batch_inputs)
+  return flat_fn, leaves
 
 
 def quantized_experiment(exp: experiment.Experiment, fn: Callable) -> experiment.Experiment:
