@@ -116,12 +116,12 @@ def finished_run(tmp_path_factory):
   return workdir, results
 
 
-def test_quantize_command_writes_an_evaluated_run(finished_run, tmp_path):
+def test_quantize_run_writes_an_evaluated_run(finished_run, tmp_path):
+  # In process: README.md's `python -m research.quantize` command runs it from the command
+  # line in the default suite (tests/test_readme.py).
   workdir, float_results = finished_run
   out = str(tmp_path / 'w8a8')
-  proc = run_module('research.quantize', f'--workdir={workdir}', '--mode=w8a8', f'--out={out}')
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'test accuracy (w8a8)' in proc.stdout
+  quantize.quantize_run(workdir, 'w8a8', out)
   with open(os.path.join(out, 'results.json')) as f:
     results = json.load(f)
   # The same evaluator as training: the quantized model's metrics over the whole split.
