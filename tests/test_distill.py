@@ -60,9 +60,10 @@ def test_missing_or_mismatched_teacher_is_named(tmp_path):
     objectives.build(_config(teacher=str(tmp_path)), info=info)
 
 
+@pytest.mark.slow  # README.md's distillation command runs in the default suite (test_readme)
 def test_student_trains_from_the_command_line(tmp_path):
   teacher = str(tmp_path / 'teacher')
-  train_and_evaluate(tiny_config('cnn', steps=10), teacher)
+  train_and_evaluate(tiny_config('mlp', steps=5), teacher)
   student = str(tmp_path / 'student')
   proc = run_module('research.main', '--config=configs/mnist1d/distill.py', f'--workdir={student}',
                     f'--config.objective_args.teacher={teacher}', '--config.num_train_steps=10',

@@ -11,18 +11,17 @@ Modes (`MODES`):
   `s32 dot(s8, s8)`.
 
 `quantized_apply(run_dir, mode)` returns `(fn, variables)` with `fn(variables, inputs,
-**batch_inputs) -> logits`: a plain function for export. `quantize_run` writes a new run
+**batch_inputs) -> logits`: a plain function for export (`flat_apply` gives it a flat list
+of arrays in place of the variables' tree, which `jax.export` serializes). `quantize_run` writes a new run
 directory (quantized params, config.json, results.json from the run's own evaluators);
 `python -m research.quantize` is its command line.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Callable
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -119,6 +118,17 @@ def quantized_apply(run_dir: str, mode: str = 'w8a8', checkpoint: str | int = 'l
   return fn, variables
 
 
+def flat_apply(fn: Callable[..., jax.Array], variables
+               ) -> tuple[Callable[..., jax.Array], list[jax.Array]]:
+  """`(flat_fn, leaves)`: `fn` taking its variables as a flat list of arrays, which
+  `jax.export` can serialize (qwix's QArray is a pytree node it does not know)."""
+  leaves, treedef = jax.tree.flatten(variables)
+
+  def flat_fn(leaves, inputs, **batch_inputs):
+    return fn(jax.tree.unflatten(treedef, leaves), inputs, **batch_inputs)
+  return flat_fn, leaves
+
+
 def quantized_experiment(exp: experiment.Experiment, fn: Callable) -> experiment.Experiment:
   """`exp` whose eval and predict functions run `fn` on variables (in place of a state), so
   the run's own evaluators measure the quantized model."""
@@ -196,9 +206,9 @@ def quantize_run(workdir: str, mode: str, out: str, checkpoint: str | int = 'lat
     for spec in evaluators.specs(config):
       results[spec.name] = evaluators.build(spec, qexp).evaluate(variables)
   bytes_on_disk = save_variables(os.path.join(out, PARAMS_FILE), variables)
-  qconfig = ml_collections.ConfigDict(config.to_dict())
+  # The source run's config plus where the int8 parameters came from (compress_bench reads it).
   writers.write_json_atomic(os.path.join(out, 'config.json'), {
-      **qconfig.to_dict(), 'post_training_quantization': {
+      **config.to_dict(), 'post_training_quantization': {
           'mode': mode, 'source': os.path.abspath(workdir), 'step': step}})
   results.update({
       'objective': config.objective,
