@@ -153,7 +153,7 @@ def main() -> None:
                            "research.serve (no model call), on the first run.")
   args = parser.parse_args()
   levels = [int(c) for c in args.concurrency.split(',')]
-  from research.export import export_run  # after argument parsing: jax imports are slow
+  from research.serving.exporter import export_run  # after argument parsing: jax imports are slow
 
   rows = []
   with tempfile.TemporaryDirectory() as tmp:

@@ -22,7 +22,7 @@ import time
 import httpx
 
 from research import training
-from research.export import export_run
+from research.serving.exporter import export_run
 from tests.helpers import REPO_ROOT, tiny_config
 
 

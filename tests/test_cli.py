@@ -66,3 +66,28 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path):
   assert '| test |' in again.stdout  # the saved results, shown again
   for name, content in before.items():
     assert (tmp_path / name).read_bytes() == content, name
+
+
+def test_the_command_modules_tests_import_coexist_in_one_process():
+  """absl flags are process-global: two command modules (research/*.py) that define the same
+  flag cannot be imported in one process, and pytest-xdist may put any two test modules in
+  one worker. So library code lives outside the command modules, and the few command
+  modules that tests do import must import together."""
+  import glob
+  import os
+  import re
+  import subprocess
+  import sys
+  from tests.helpers import REPO_ROOT
+  commands = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO_ROOT, 'research', '*.py'))}
+  imported = set()
+  for path in glob.glob(os.path.join(REPO_ROOT, 'tests', '*.py')):
+    text = open(path).read()
+    for names in re.findall(r'^from research import ([\w, ]+)$', text, flags=re.M):
+      imported |= {n.strip() for n in names.split(',')} & commands
+    imported |= set(re.findall(r'^(?:from|import) research\.(\w+)\b', text, flags=re.M)) & commands
+  assert 'evaluate' in imported  # the scan sees the imports it is about
+  code = ''.join(f'import research.{name}\n' for name in sorted(imported))
+  result = subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, (sorted(imported), result.stderr[-2000:])

@@ -13,7 +13,7 @@ import pytest
 from research.data import preprocess as preprocess_lib
 from research.data import sources
 from research.errors import ConfigError
-from research.export import Exportable, export_run, write_artifact
+from research.serving.exporter import Exportable, export_run, write_artifact
 from research.predict import Predictor
 from research.serving import artifact
 from tests import serving_runs

@@ -11,7 +11,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from research import export_hf, models, training
+from research import models, training
+from research.training import hf_export
 from research.errors import ConfigError
 from research.models import hf_bert, lora
 from research.training import experiment, optim
@@ -141,7 +142,7 @@ def test_lora_needs_a_base_and_no_own_freeze(files, tmp_path):
 def test_export_merges_and_transformers_gives_our_logits(files, uninterrupted, tmp_path):
   workdir, _ = uninterrupted
   out = str(tmp_path / 'hf')
-  export_hf.export_run(workdir, out)
+  hf_export.export_run(workdir, out)
   assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors', 'tokenizer.json']
   _, exp, state, _ = experiment.restore_run(workdir)
   texts = ['w1 w2 w3', 'w600 w700 w800 w9 w10 w11 w12']
