@@ -178,3 +178,36 @@ def test_exported_preprocessing_equals_the_evaluation_pipeline(spec, tmp_path):
   model = artifact.load(str(tmp_path / 'out'), batch_buckets=(4, 16))
   got = model.outputs(list(raw) if text else raw[:21])  # 21: two chunks, the last padded
   np.testing.assert_allclose(got, _pipeline_rows(pp, raw if text else raw[:21]), atol=1e-5, rtol=0)
+
+
+def test_int8_artifact_runs_without_the_package_and_equals_the_quantized_model(runs, tmp_path):
+  """`--quantize=w8a8`: int8 weights in weights.npz, s8 dots inside, and the standalone
+  loader gives the quantized model's outputs (research.compress.quantize) exactly."""
+  import jax
+  workdir, _ = runs['cnn']
+  out = tmp_path / 'w8a8'
+  result = run_module('research.export', f'--workdir={workdir}', f'--out={out}',
+                      '--quantize=w8a8')
+  assert result.returncode == 0, result.stderr[-3000:]
+  with np.load(out / 'weights.npz') as weights:
+    assert any(weights[k].dtype == np.int8 for k in weights.files)
+  assert json.load(open(out / 'model_card.json'))['quantization'] == 'w8a8'
+  # The same function in this process: the model (preprocessing inside) the file holds.
+  from research.serving import exporter
+  fn, variables = exporter.serving_function(exporter.from_run(workdir, quantize='w8a8'))
+  predictor = Predictor.from_workdir(workdir)  # the float32 run, for the int8 error
+  split = next(iter(predictor.exp.eval_splits.values()))
+  batches = [split.inputs[:1], split.inputs[10:17], split.inputs[:64]]
+  proc = subprocess.run([sys.executable, '-c', _STANDALONE, str(out)], cwd=tmp_path,
+                        input=json.dumps([_jsonable(b) for b in batches]), capture_output=True,
+                        text=True, timeout=120,
+                        env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH'})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for batch, got in zip(batches, json.loads(proc.stdout)):
+    expected = np.asarray(jax.jit(fn)(variables, batch.astype(np.float32)))
+    np.testing.assert_allclose(np.asarray(got), expected, atol=1e-5, rtol=0)
+    float32 = predictor.outputs(batch)
+    assert np.abs(np.asarray(got) - float32).max() < 0.1 * np.abs(float32).max()
+  bad = run_module('research.export', f'--workdir={workdir}', f'--out={tmp_path / "x"}',
+                   '--quantize=int4')
+  assert bad.returncode == 2 and "'int4'" in bad.stderr and 'w8a8' in bad.stderr

@@ -273,29 +273,43 @@ def _read_json(path: str) -> Any:
     return json.load(f)
 
 
-def from_run(workdir: str, checkpoint: str | int = 'latest') -> Exportable:
-  """The run in `workdir` at `checkpoint` ('latest', 'best' or a step), ready to write."""
+def from_run(workdir: str, checkpoint: str | int = 'latest', quantize: str = '') -> Exportable:
+  """The run in `workdir` at `checkpoint` ('latest', 'best' or a step), ready to write;
+  `quantize` ('int8' or 'w8a8', `research.compress.quantize`): its int8 model instead."""
   if not os.path.isfile(os.path.join(workdir, 'config.json')):
     raise ConfigError(f'--workdir={workdir} is not a run directory (no config.json).')
-  config, exp, state, step = experiment.restore_run(workdir, checkpoint)
+  if quantize:
+    from research.compress import quantize as quantize_lib  # qwix loads only when asked
+    config, exp, qfn, qvariables, step = quantize_lib.restore_quantized(workdir, quantize,
+                                                                        checkpoint)
+    # qwix's quantized arrays are pytree nodes the artifact format does not know: the
+    # function takes their leaves (int8 values, float32 scales) under numbered names.
+    flat_fn, leaves = quantize_lib.flat_apply(qfn, qvariables)
+    names = [f'q{i:04d}' for i in range(len(leaves))]
+    variables = {'params': dict(zip(names, leaves))}
+    apply_fn = lambda v, x, **kw: flat_fn([v['params'][n] for n in names], x, **kw)
+  else:
+    config, exp, state, step = experiment.restore_run(workdir, checkpoint)
+    variables = {'params': state.params, **state.model_state}
+    model = exp.model
+    apply_fn = lambda v, x, **kw: model.apply(v, x, train=False, **kw)
   split = next(iter(exp.eval_splits.values()))
   card = {'source_workdir': os.path.abspath(workdir), 'checkpoint': str(checkpoint),
-          'step': int(step), 'config': _read_json(os.path.join(workdir, 'config.json')),
+          'step': int(step), 'quantization': quantize or 'none',
+          'config': _read_json(os.path.join(workdir, 'config.json')),
           'results': _read_json(os.path.join(workdir, 'results.json'))}
-  variables = {'params': state.params, **state.model_state}
-  model = exp.model
   return Exportable(
-      name=os.path.basename(os.path.normpath(workdir)),
-      apply_fn=lambda v, x, **kw: model.apply(v, x, train=False, **kw),
+      name=os.path.basename(os.path.normpath(workdir)), apply_fn=apply_fn,
       variables=variables, preprocess=exp.preprocess, input_fields=exp.input_fields,
       raw_shape=tuple(split.inputs.shape[1:]), raw_dtype=split.inputs.dtype,
       class_names=list(exp.info.class_names), card=card)
 
 
 def export_run(workdir: str, out: str, checkpoint: str | int = 'latest',
-               name: str | None = None) -> dict[str, Any]:
-  """Exports the run in `workdir` to `out`; returns the artifact's signature."""
-  model = from_run(workdir, checkpoint)
+               name: str | None = None, quantize: str = '') -> dict[str, Any]:
+  """Exports the run in `workdir` (int8 with `quantize='int8'|'w8a8'`) to `out`; returns
+  the artifact's signature."""
+  model = from_run(workdir, checkpoint, quantize)
   if name:
     model.name = name
   return write_artifact(model, out)
