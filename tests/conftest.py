@@ -21,7 +21,8 @@ if 'TFDS_DATA_DIR' not in os.environ or os.environ.get('RESEARCH_TESTS_OWN_TFDS_
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ or os.environ.get('RESEARCH_TESTS_OWN_JAX_CACHE'):
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
       prefix=f"research_jax_cache_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_")
-  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  # Train and eval steps, not the tiny per-primitive compiles of eager code.
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.2'
   os.environ['RESEARCH_TESTS_OWN_JAX_CACHE'] = '1'
 
 

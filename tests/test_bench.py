@@ -80,18 +80,24 @@ def test_torch_twins_have_the_flax_param_counts(key):
   assert bench_torch.param_count(twin) == flax_count
 
 
-# Variants beyond the benchmark's cases, so every branch of each twin is checked.
+# Variants beyond the benchmark's cases, so every branch of each twin is checked. One per
+# family runs in `make test` (torch is in the test extra for the Hugging Face parity tests);
+# the rest, about a minute of CPU, in `make test-slow`.
+def _slow(*variant):
+  return pytest.param(*variant, marks=pytest.mark.slow)
+
+
 VARIANTS = [
     ('mlp', 'small', {}),
     ('cnn', 'small', {}),
-    ('cnn', 'medium', {}),
-    ('cnn', 'small', {'pooling': 'mean', 'hidden_sizes': (16,)}),
+    _slow('cnn', 'medium', {}),
+    _slow('cnn', 'small', {'pooling': 'mean', 'hidden_sizes': (16,)}),
     ('transformer', 'small', {}),
-    ('transformer', 'small', {'pooling': 'mean', 'position_embedding': 'sinusoidal'}),
-    ('transformer', 'small', {'head': 'masked_lm', 'scan_layers': True}),
-    ('transformer', 'small', {'position_embedding': 'relative', 'pooling': 'cls'}),
-    ('transformer', 'medium', {'position_embedding': 'relative', 'num_layers': 1,
-                               'hidden_size': 32, 'num_heads': 2}),  # text: padding mask
+    _slow('transformer', 'small', {'pooling': 'mean', 'position_embedding': 'sinusoidal'}),
+    _slow('transformer', 'small', {'head': 'masked_lm', 'scan_layers': True}),
+    _slow('transformer', 'small', {'position_embedding': 'relative', 'pooling': 'cls'}),
+    _slow('transformer', 'medium', {'position_embedding': 'relative', 'num_layers': 1,
+                                    'hidden_size': 32, 'num_heads': 2}),  # text: padding mask
     ('transformer', 'medium', {'num_layers': 1, 'hidden_size': 32, 'num_heads': 2}),  # text
 ]
 
@@ -163,9 +169,11 @@ def test_cnn_im2col_is_the_xla_convolution(shape, overrides):
   results = {}
   for impl in ('xla', 'im2col'):
     model = models.build_model(models.model_config('cnn', conv_impl=impl, **overrides), 10)
-    params = nn.unbox(model.init(jax.random.key(0), x))['params']
+    # Jitted: one compile each instead of one per primitive (eager mode), the same numbers.
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), x))['params']
     loss = lambda p: (model.apply({'params': p}, x) ** 2).sum()
-    results[impl] = (params, model.apply({'params': params}, x), jax.grad(loss)(params))
+    results[impl] = (params, jax.jit(model.apply)({'params': params}, x),
+                     jax.jit(jax.grad(loss))(params))
   (p_xla, y_xla, g_xla), (p_im2col, y_im2col, g_im2col) = results['xla'], results['im2col']
   jax.tree.map(np.testing.assert_array_equal, p_xla, p_im2col)  # same init, same tree
   np.testing.assert_allclose(y_im2col, y_xla, rtol=1e-5, atol=1e-5)

@@ -89,16 +89,15 @@ def test_models_scale_uint8_images_to_unit_floats():
   assert jax.jit(layers.pixels_to_unit)(floats).dtype == np.float32
   np.testing.assert_array_equal(jax.jit(layers.pixels_to_unit)(floats), floats)
   # Every image model applies it: uint8 pixels and their [0, 1] floats give one output.
-  for name in ('logistic', 'mlp', 'cnn'):
-    model = models.build_model(models.model_config(name), 10)
-    params = model.init(jax.random.key(0), scaled)
-    np.testing.assert_allclose(model.apply(params, x), model.apply(params, scaled), rtol=1e-5,
-                               atol=1e-6)
-  vit = models.build_model(models.model_config('transformer', frontend='image', patch_size=2,
-                                               num_layers=1, hidden_size=16, num_heads=2), 10)
-  params = vit.init(jax.random.key(0), scaled)
-  np.testing.assert_allclose(vit.apply(params, x), vit.apply(params, scaled), rtol=1e-5,
-                             atol=1e-6)
+  # Jitted init and apply: one compile each instead of one per primitive (eager mode).
+  vit = models.model_config('transformer', frontend='image', patch_size=2, num_layers=1,
+                            hidden_size=16, num_heads=2)
+  for model_cfg in (models.model_config('logistic'), models.model_config('mlp'),
+                    models.model_config('cnn'), vit):
+    model = models.build_model(model_cfg, 10)
+    params = jax.jit(model.init)(jax.random.key(0), scaled)
+    apply = jax.jit(model.apply)
+    np.testing.assert_allclose(apply(params, x), apply(params, scaled), rtol=1e-5, atol=1e-6)
 
 
 def test_scale():
