@@ -1,7 +1,7 @@
 """The grokking reproduction (configs/grokking/modular_addition.py): its data, and the run.
 
-The data checks are fast. The full run (10,000 full-batch steps, the better part of an
-hour on a 2-core CPU) is `make grokking` or `pytest -m slow -k grokking`.
+The data checks are fast. The full run (4,000 full-batch steps, about 17 minutes on a
+quiet 2-core CPU) is `make grokking` or `pytest -m slow -k grokking`.
 """
 from __future__ import annotations
 
@@ -48,7 +48,11 @@ def test_grokking_reaches_full_test_accuracy_long_after_train(tmp_path):
   first_train_fit = min(s for s, a in train.items() if a >= 0.999)
   first_test_99 = min(s for s, a in test.items() if a >= 0.99)
   assert first_test_99 >= 4 * first_train_fit  # generalisation long after memorisation
-  assert json.load(open(os.path.join(workdir, 'results.json')))['test']['accuracy'] >= 0.99
+  # Full-batch AdamW with weight decay 1.0 has loss spikes (one evaluation of the README's
+  # run fell to 60%, recovering within 100 steps): judge the last 1,000 steps by their median.
+  last = [a for s, a in sorted(test.items()) if s > max(test) - 1000]
+  assert float(np.median(last)) >= 0.99, last
+  assert json.load(open(os.path.join(workdir, 'results.json')))['steps'] == max(test)
 
 
 def test_curves_command_reports_first_crossings(tmp_path):

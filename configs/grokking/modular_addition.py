@@ -57,7 +57,7 @@ def get_config():
       position_embedding='learned', pooling='cls')
   config.batch_size = int(TRAIN_FRACTION * P * P)  # full batch: every training pair, each step
   config.eval_batch_size = 8939 // 7  # the 8,939 test pairs in 7 batches
-  config.num_train_steps = 10000
+  config.num_train_steps = 4000
   config.eval_every_steps = 100
   config.log_every_steps = 100
   config.checkpoint.every_steps = 1000
