@@ -74,7 +74,27 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   if not paths.exists(path):
     raise ConfigError(f'{path} does not exist: {workdir!r} is not a run directory (one '
                       'written by research.main).')
-  return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
+  return ml_collections.ConfigDict(with_new_defaults(json.loads(paths.read_text(path))))
+
+
+# Blocks whose keys depend on the choice they hold (the model, the objective, the evals):
+# another choice's defaults do not belong in them.
+_CHOICE_BLOCKS = ('model', 'objective_args', 'evals')
+
+
+def with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+  """A run's stored config plus the default of every key added to the code since it was
+  written (e.g. `lora`), so older runs can still be evaluated, resumed and exported."""
+  from research.config import default_config  # imports the registries: only when reading
+  def merge(stored_block: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    out = dict(stored_block)
+    for key, value in defaults.items():
+      if key not in out:
+        out[key] = value
+      elif isinstance(value, dict) and isinstance(out[key], dict) and key not in _CHOICE_BLOCKS:
+        out[key] = merge(out[key], value)
+    return out
+  return merge(stored, default_config().to_dict())
 
 
 class MetricsLog:

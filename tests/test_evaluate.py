@@ -91,3 +91,23 @@ def test_evaluate_cli_user_mistakes_are_one_line(tmp_path):
   proc = run_module('research.evaluate', f'--workdir={tmp_path / "nothing_here"}')
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert proc.stderr.strip().startswith('Error: ') and 'not a run directory' in proc.stderr
+
+
+def test_a_run_written_before_new_config_keys_reads_with_their_defaults(tmp_path):
+  """config.json of an older run lacks keys added since (lora, pruning, init_from.hf_dir):
+  reading it fills their defaults, but never another model's keys into its model block."""
+  import json
+  from research import models, writers
+  from research.config import default_config
+  config = default_config()
+  config.model = models.model_config('mlp')
+  stored = config.to_dict()
+  for block in ('lora', 'quantization', 'pruning'):
+    del stored[block]
+  del stored['init_from']['hf_dir']
+  stored = json.loads(json.dumps(stored))  # as the file holds it (tuples become lists)
+  (tmp_path / 'config.json').write_text(json.dumps(stored))
+  read = writers.read_config(str(tmp_path))
+  assert read.lora.rank == 0 and read.quantization.qat == '' and read.pruning.sparsity == 0.0
+  assert read.init_from.hf_dir == '' and read.init_from.skip == stored['init_from']['skip']
+  assert dict(read.model) == stored['model']  # the MLP's keys only, not the default CNN's

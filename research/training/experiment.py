@@ -156,7 +156,7 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
   # ---- Objective, model, optimizer, state shapes and shardings ----
   objective = objectives.build(config, info=info, preprocess=pp)
   model = models.build_model(config.model, objective.num_outputs(info), config.lora)
-  qat = config.get('quantization', {}).get('qat', '')
+  qat = config.quantization.qat
   if qat:  # fake-quantized dots (qwix); the params are the float model's
     from research.compress import quantize  # qwix loads only for runs that use it
     model = quantize.qat_model(model, qat)
