@@ -46,7 +46,7 @@ import ml_collections
 import numpy as np
 
 from research import config as config_lib
-from research.training import hardware, optim, steps
+from research.training import hardware, optim, precision_audit, steps
 from research import models, objectives
 from research.parallel import sharding
 
@@ -127,8 +127,7 @@ def model_block(case: Case, dtype: str | None = None,
   hp = dict(case.model, **(overrides or {}))
   if dtype and dtype != 'float32':
     if 'dtype' not in models.hyperparameters(case.family):
-      raise ValueError(f'--dtype={dtype}: model {case.family!r} has no dtype field; only '
-                       'the transformer takes --dtype.')
+      raise ValueError(f'--dtype={dtype}: model {case.family!r} has no dtype field.')
     hp['dtype'] = dtype
   return models.model_config(case.family, **hp)
 
@@ -165,8 +164,12 @@ class JaxRunner:
                          out_shardings=(state_sharding, sharding.replicated(self.mesh)),
                          donate_argnums=(0,))
       start = time.perf_counter()
-      self.step_fn = train_fn.lower(self.state, self.batch).compile()
+      lowered = train_fn.lower(self.state, self.batch)
+      self.step_fn = lowered.compile()
       self.compile_s = time.perf_counter() - start
+    # Dots and convolutions by operand dtype: in the program handed to XLA, and compiled.
+    self.dots_lowered = precision_audit.stablehlo_dots(lowered.as_text())
+    self.dots_compiled = precision_audit.compiled_dots(self.step_fn.as_text())
     self.num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
     self.model = model
 
@@ -194,8 +197,8 @@ class TorchWorker:
   user's program, and a machine without torch just gets a jax-only table.
   """
 
-  def __init__(self, threads: int = 0):
-    cmd = [sys.executable, '-m', 'benchmarks.bench_torch', '--serve']
+  def __init__(self, threads: int = 0, device: str = 'cpu'):
+    cmd = [sys.executable, '-m', 'benchmarks.bench_torch', '--serve', f'--device={device}']
     if threads:
       cmd.append(f'--threads={threads}')
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -222,7 +225,7 @@ class TorchWorker:
       self.proc.wait(timeout=30)
 
 
-def start_torch_worker(threads: int = 0) -> tuple[TorchWorker | None, str]:
+def start_torch_worker(threads: int = 0, device: str = 'cpu') -> tuple[TorchWorker | None, str]:
   """(worker, '') or (None, why not)."""
   try:  # not imported here: torch lives in the worker process
     found = importlib.util.find_spec('torch') is not None
@@ -231,7 +234,7 @@ def start_torch_worker(threads: int = 0) -> tuple[TorchWorker | None, str]:
   if not found:
     return None, "torch is not installed (pip install -e '.[bench]')"
   try:
-    return TorchWorker(threads), ''
+    return TorchWorker(threads, device), ''
   except (RuntimeError, OSError) as e:
     return None, f'the torch worker did not start: {e}'
 
@@ -264,6 +267,8 @@ def bench_case(case: Case, *, device: jax.Device, dtype: str, batch_size: int,
       'why': case.why,
       'hyperparameters': {k: v for k, v in model_cfg.to_dict().items() if k != 'name'},
       'compile_s': jax_runner.compile_s, 'flops_per_step': flops_per_example * batch_size,
+      'dots_lowered': precision_audit.summary(jax_runner.dots_lowered),
+      'dots_compiled': precision_audit.summary(jax_runner.dots_compiled),
   }
 
   torch_steps = 0
@@ -419,7 +424,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument('--no-torch', dest='torch', action='store_false', help='jax only')
   p.add_argument('--device', default='cpu', help='cpu, gpu or tpu')
   p.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
-                 help='matmul dtype (transformer only); params stay float32')
+                 help='compute dtype (research.models.precision); params stay float32')
   p.add_argument('--batch_size', type=int, default=0, help='override every case\'s batch')
   p.add_argument('--repeats', type=int, default=5, help='timed repeats per framework')
   p.add_argument('--steps', type=int, default=0,
@@ -490,10 +495,11 @@ def run(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) -
       raise SystemExit(f'--set {key}=...: no hyperparameter {key!r} in models {args.models}.')
 
   worker, torch_note = None, 'disabled by --no-torch'
-  if args.torch and device.platform != 'cpu':
-    torch_note = 'the torch twins run on CPU only'
-  elif args.torch:
-    worker, torch_note = start_torch_worker(args.torch_threads)
+  if args.torch and device.platform not in ('cpu', 'gpu'):
+    torch_note = f'no torch twin on {device.platform}'
+  elif args.torch:  # on a GPU, torch runs the twin on the same GPU (cuda)
+    worker, torch_note = start_torch_worker(
+        args.torch_threads, 'cpu' if device.platform == 'cpu' else 'cuda')
   try:
     torch_info = None
     if worker is not None:

@@ -343,21 +343,23 @@ class Runner:
   """One model, its Adam optimizer and one fixed batch; `run(n)` times n training steps."""
 
   def __init__(self, family: str, hp: dict[str, Any], batch: dict[str, np.ndarray],
-               num_classes: int, learning_rate: float = 1e-3, seed: int = 0):
+               num_classes: int, learning_rate: float = 1e-3, seed: int = 0,
+               device: str = 'cpu'):
     torch.manual_seed(seed)
     inputs = batch['inputs']
-    self.model = build(family, hp, inputs.shape[1:], num_classes)
+    self.device = torch.device(device)
+    self.model = build(family, hp, inputs.shape[1:], num_classes).to(self.device)
     self.model.train()
     self.optimizer = torch.optim.Adam(self.model.parameters(), lr=learning_rate)
     x = torch.from_numpy(np.ascontiguousarray(to_torch_layout(family, inputs)))
-    self.x = x.float() if x.is_floating_point() else x.long()
-    self.y = torch.from_numpy(batch['labels'].astype(np.int64))
+    self.x = (x.float() if x.is_floating_point() else x.long()).to(self.device)
+    self.y = torch.from_numpy(batch['labels'].astype(np.int64)).to(self.device)
     self.autocast = hp.get('dtype', 'float32') == 'bfloat16'
     self.num_params = param_count(self.model)
 
   def step(self) -> torch.Tensor:
     self.optimizer.zero_grad(set_to_none=True)
-    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=self.autocast):
+    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
       logits = self.model(self.x)
     loss = F.cross_entropy(logits.float(), self.y)
     loss.backward()
@@ -368,22 +370,25 @@ class Runner:
     start = time.perf_counter()
     for _ in range(num_steps):
       loss = self.step()
-    float(loss)
+    float(loss)  # waits for the device
     return time.perf_counter() - start
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-  a = torch.randn(n, n)
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5, device: str = 'cpu') -> float:
+  a = torch.randn(n, n, device=device)
+  sync = torch.cuda.synchronize if device != 'cpu' else (lambda: None)
   a @ a
+  sync()
   best = math.inf
   for _ in range(repeats):
     start = time.perf_counter()
     a @ a
+    sync()
     best = min(best, time.perf_counter() - start)
   return 2 * n ** 3 / best / 1e9
 
 
-def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
+def serve(stdin=sys.stdin, stdout=sys.stdout, device: str = 'cpu') -> None:
   """JSON-lines requests from `benchmarks.bench`: hello, matmul_peak, setup, run, quit."""
   runner = None
   for line in stdin:
@@ -391,14 +396,20 @@ def serve(stdin=sys.stdin, stdout=sys.stdout) -> None:
     op = request.pop('op')
     try:
       if op == 'hello':
-        reply = {'torch': torch.__version__, 'threads': torch.get_num_threads()}
+        reply = {'torch': torch.__version__, 'threads': torch.get_num_threads(),
+                 'device': device}
+        if device != 'cpu' and not torch.cuda.is_available():
+          reply = {'error': f'--device={device}: this torch build has no CUDA '
+                            f'({torch.__version__}); install a CUDA build of torch'}
+        elif device != 'cpu':
+          reply['device_name'] = torch.cuda.get_device_name(0)
       elif op == 'matmul_peak':
-        reply = {'matmul_gflops': matmul_peak_gflops()}
+        reply = {'matmul_gflops': matmul_peak_gflops(device=device)}
       elif op == 'setup':
         with np.load(request['batch_path']) as data:
           batch = {k: data[k] for k in data.files}
         runner = Runner(request['family'], request['hyperparameters'], batch,
-                        request['num_classes'])
+                        request['num_classes'], device=device)
         reply = {'num_params': runner.num_params}
       elif op == 'run':
         reply = {'seconds': runner.run(int(request['steps']))}
@@ -418,9 +429,10 @@ if __name__ == '__main__':
   parser = argparse.ArgumentParser(description='PyTorch twins worker for benchmarks.bench.')
   parser.add_argument('--serve', action='store_true', help='answer JSON-lines requests')
   parser.add_argument('--threads', type=int, default=0, help='torch.set_num_threads (0: default)')
+  parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
   args = parser.parse_args()
   if args.threads:
     torch.set_num_threads(args.threads)
   if not args.serve:
     parser.error('nothing to do: pass --serve (benchmarks.bench starts this worker).')
-  serve()
+  serve(device=args.device)

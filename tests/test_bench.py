@@ -4,6 +4,7 @@ The torch tests skip where torch is absent (CI does not install it; `pip install
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -48,10 +49,21 @@ def test_unknown_model_or_size_is_rejected():
 
 
 def test_dtype_needs_a_model_with_a_dtype_field():
-  with pytest.raises(ValueError, match='only the transformer'):
-    bench.model_block(bench.CASES[('mlp', 'small')], 'bfloat16')
-  bert = bench.model_block(bench.CASES[('transformer', 'bert_base')], 'bfloat16')
-  assert bert.dtype == 'bfloat16'
+  for family in bench.FAMILIES:  # every family follows the mixed-precision policy
+    assert bench.model_block(bench.CASES[(family, 'small')], 'bfloat16').dtype == 'bfloat16'
+
+  class NoDtype(nn.Module):
+    num_classes: int
+
+    def __call__(self, x, train=False):
+      return x
+  models.register('no_dtype_for_bench_test', NoDtype)
+  try:
+    case = dataclasses.replace(bench.CASES[('mlp', 'small')], family='no_dtype_for_bench_test')
+    with pytest.raises(ValueError, match="'no_dtype_for_bench_test' has no dtype field"):
+      bench.model_block(case, 'bfloat16')
+  finally:
+    models.MODELS.pop('no_dtype_for_bench_test')
 
 
 def _flax_params(case: bench.Case, batch: dict) -> tuple[nn.Module, dict]:

@@ -5,12 +5,16 @@ Logical names (`embed`, `mlp`, `conv_window`, `classes`, ...) are mapped onto me
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from research.models import precision
+from research.models.precision import dots_intercepted  # noqa: F401  (layers.dots_intercepted)
 
 default_kernel_init = nn.initializers.lecun_normal()
 default_bias_init = nn.initializers.zeros_init()
@@ -29,8 +33,13 @@ def pixels_to_unit(x: jax.Array) -> jax.Array:
   return x
 
 
-@jax.custom_vjp
-def matmul(x_NxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
+def _dot(a: jax.Array, b: jax.Array, out_dtype: Any) -> jax.Array:
+  # float32 accumulation whatever the operands (bfloat16 under the mixed-precision policy).
+  a, b = precision.pin_operands(a, b)
+  return jnp.matmul(a, b, preferred_element_type=jnp.float32).astype(out_dtype)
+
+
+def matmul(x_NxI: jax.Array, w_IxO: jax.Array, out_dtype: Any = None) -> jax.Array:
   """`x @ w` (any leading axes on x) whose kernel gradient XLA:CPU computes at full speed.
 
   The kernel gradient is `x^T g`, a dot contracting the leading (row) axis of both
@@ -39,46 +48,39 @@ def matmul(x_NxI: jax.Array, w_IxO: jax.Array) -> jax.Array:
   after a slow transpose copy. Here both are row-major dots of an explicitly transposed
   operand (for the kernel gradient, the one with fewer columns, so the copy is small),
   kept apart by `optimization_barrier` so that XLA does not fold the transpose back into
-  the dot. The same numbers up to float summation order.
+  the dot. The same numbers up to float summation order. bfloat16 operands follow
+  `research.models.precision`: float32 accumulation, forward and backward; the result is
+  in `out_dtype` (default: x's dtype).
   """
-  return x_NxI @ w_IxO
+  return _matmul(jnp.dtype(out_dtype or x_NxI.dtype), x_NxI, w_IxO)
 
 
-def _matmul_fwd(x, w):
-  return x @ w, (x, w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _matmul(out_dtype, x, w):
+  return _dot(x, w, out_dtype)
 
 
-def _matmul_bwd(residuals, g):
+def _matmul_fwd(out_dtype, x, w):
+  return _dot(x, w, out_dtype), (x, w)
+
+
+def _matmul_bwd(out_dtype, residuals, g):
   x, w = residuals
+  g = g.astype(x.dtype)
+  if x.dtype != jnp.float32:
+    return precision.dense_gradients(x, w, g)
   x_NxI = x.reshape(-1, x.shape[-1])
   g_NxO = g.reshape(-1, g.shape[-1])
   barrier = jax.lax.optimization_barrier
   if x_NxI.shape[1] <= g_NxO.shape[1]:
-    dw_IxO = barrier(x_NxI.T) @ g_NxO
+    dw_IxO = _dot(barrier(x_NxI.T), g_NxO, w.dtype)
   else:
-    dw_IxO = barrier(barrier(g_NxO.T) @ x_NxI).T
-  dx = g @ barrier(w.T)  # w^T as a row-major copy (it is small), not a column-major operand
-  return dx.astype(x.dtype), dw_IxO.astype(w.dtype)
+    dw_IxO = barrier(_dot(barrier(g_NxO.T), x_NxI, w.dtype)).T
+  dx = _dot(g, barrier(w.T), x.dtype)  # w^T as a row-major copy (it is small)
+  return dx, dw_IxO
 
 
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
-_LAX_DOT_GENERAL = jax.lax.dot_general
-_LAX_DOT_GENERAL_CODE = jax.lax.dot_general.__code__
-
-
-def dots_intercepted() -> bool:
-  """True while a quantizer (qwix) has replaced `jax.lax.dot_general` (the function, or
-  its code object, which is how qwix patches it) with its own.
-
-  qwix quantizes the dots it sees through that public name and recognises a weight by
-  identity with the parameter. `matmul`'s custom VJP (a training-speed detail) would hide
-  the dot from it and cannot take a quantized weight, so the layers then call
-  `jax.lax.dot_general` on the unreshaped parameter instead: same maths.
-  """
-  dot_general = jax.lax.dot_general
-  return dot_general is not _LAX_DOT_GENERAL or dot_general.__code__ is not _LAX_DOT_GENERAL_CODE
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def _matmul_dot_general(lhs, rhs, dimension_numbers, precision=None,
@@ -92,19 +94,21 @@ def _matmul_dot_general(lhs, rhs, dimension_numbers, precision=None,
                                              batch), precision=precision,
                             preferred_element_type=preferred_element_type)
     return y[0]
-  del precision, preferred_element_type  # Dense passes None, the defaults `@` uses
+  del precision  # Dense passes None, the default `@` uses
   (lhs_contract, rhs_contract), batch = dimension_numbers
   if (tuple(lhs_contract), tuple(rhs_contract)) != ((lhs.ndim - 1,), (0,)) or any(batch):
     raise ValueError(f'matmul handles x @ w only, got dimension_numbers={dimension_numbers}.')
-  return matmul(lhs, rhs)
+  return matmul(lhs, rhs, preferred_element_type)
 
 
 DENSE_IMPLS = ('auto', 'xla', 'matmul')
 
 
 def dense(features: int, in_axis: str, out_axis: str, name: str | None = None,
-          use_bias: bool = True, dtype=None, impl: str = 'auto') -> nn.Dense:
-  """`nn.Dense`; impl 'matmul' routes it through `matmul` ('auto': on CPU only)."""
+          use_bias: bool = True, dtype=None, impl: str = 'auto', out_dtype=None) -> nn.Dense:
+  """`nn.Dense` under `research.models.precision`'s policy (operands in `dtype`, float32
+  accumulation, the result in `dtype` or `out_dtype`, e.g. float32 logits); impl 'matmul'
+  routes it through `matmul` ('auto': on CPU only)."""
   if impl not in DENSE_IMPLS:
     raise ValueError(f'Unknown dense impl {impl!r}; accepted: {list(DENSE_IMPLS)}.')
   if impl == 'auto':
@@ -116,7 +120,9 @@ def dense(features: int, in_axis: str, out_axis: str, name: str | None = None,
       kernel_init=nn.with_logical_partitioning(default_kernel_init, (in_axis, out_axis)),
       bias_init=nn.with_logical_partitioning(default_bias_init, (out_axis,)),
       name=name,
-      dot_general=_matmul_dot_general if impl == 'matmul' else None,
+      dot_general=functools.partial(
+          _matmul_dot_general if impl == 'matmul' else precision.dot_general,
+          preferred_element_type=out_dtype),
   )
 
 
@@ -190,7 +196,7 @@ def conv(features: int, kernel_size: Sequence[int], strides: Sequence[int], padd
       raise ValueError(f"conv impl 'im2col' needs explicit (low, high) padding pairs, got "
                        f'{padding!r}.')
     return Im2colConv(features, **kwargs)
-  return nn.Conv(features, **kwargs)
+  return nn.Conv(features, conv_general_dilated=precision.conv_general_dilated, **kwargs)
 
 
 def activation(name: str):

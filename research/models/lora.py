@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from research.errors import ConfigError
+from research.models import precision
 
 ADAPTERS = ('lora_a', 'lora_b')
 ADAPTER_PATH = re.compile(r'(^|/)lora_[ab]$')
@@ -98,9 +99,14 @@ def _interceptor(next_fun, args, kwargs, context, *, targets, rank, alpha, dropo
   if dropout > 0 and train:
     keep = jax.random.bernoulli(module.make_rng('dropout'), 1 - dropout, x.shape)
     h = jnp.where(keep, x / (1 - dropout), 0).astype(x.dtype)
-  low_BxR = jnp.tensordot(h.astype(y.dtype), lora_a.astype(y.dtype), axes=n_in)
-  delta = jnp.tensordot(low_BxR, lora_b.astype(y.dtype), axes=1)
-  return y + (alpha / rank) * delta
+  # The layer's compute dtype (bfloat16 under the mixed-precision policy), float32 sums.
+  compute = jnp.dtype(getattr(module, 'dtype', None) or y.dtype)
+  lead, ins = 'abcdefgh'[:x.ndim - n_in], 'ijkl'[:n_in]
+  outs = 'mnop'[:kernel.ndim - n_in]
+  low_BxR = precision.einsum(f'{lead}{ins},{ins}r->{lead}r', h.astype(compute),
+                             lora_a.astype(compute))
+  delta = precision.einsum(f'{lead}r,r{outs}->{lead}{outs}', low_BxR, lora_b.astype(compute))
+  return y + (alpha / rank) * delta.astype(y.dtype)
 
 
 class _LoRAMixin:

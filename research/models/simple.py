@@ -1,7 +1,9 @@
 """Logistic regression, MLP and CNN classifiers (the MNIST-1D paper's models, generalised).
 
 Inputs are `x_BxF` feature vectors, `x_BxL` / `x_BxLxC` sequences or `x_BxHxWxC` images.
-Every module returns logits `logits_BxK`.
+Every module returns float32 logits `logits_BxK`. `dtype='bfloat16'` applies the
+mixed-precision policy of `research.models.precision` (float32 parameters, bfloat16
+activations, every dot and convolution bfloat16 x bfloat16 with float32 accumulation).
 """
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ import math
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from research.models import layers
+from research.models import layers, precision
 
 
 def _flatten(x: jnp.ndarray) -> jnp.ndarray:
@@ -29,6 +32,7 @@ def _dense_macs(width: int, hidden_sizes: Sequence[int], num_classes: int) -> in
 class LogisticRegression(nn.Module):
   """A single linear layer on the flattened input."""
   num_classes: int
+  dtype: str = 'float32'
 
   def flops_per_example(self, input_shape: Sequence[int]) -> int:
     return 6 * _dense_macs(math.prod(input_shape), (), self.num_classes)
@@ -36,8 +40,10 @@ class LogisticRegression(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     del train
+    dtype = precision.compute_dtype(self.dtype)
     x_BxF = _flatten(layers.pixels_to_unit(x))
-    return layers.dense(self.num_classes, 'embed', 'classes', name='head')(x_BxF)
+    return layers.dense(self.num_classes, 'embed', 'classes', name='head', dtype=dtype,
+                        out_dtype=jnp.float32)(x_BxF)
 
 
 class MLP(nn.Module):
@@ -52,6 +58,7 @@ class MLP(nn.Module):
   residual: bool = True
   activation: str = 'relu'
   dropout_rate: float = 0.0
+  dtype: str = 'float32'
 
   def flops_per_example(self, input_shape: Sequence[int]) -> int:
     return 6 * _dense_macs(math.prod(input_shape), self.hidden_sizes, self.num_classes)
@@ -59,15 +66,18 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     act = layers.activation(self.activation)
-    h_BxD = _flatten(layers.pixels_to_unit(x))
+    dtype = precision.compute_dtype(self.dtype)
+    h_BxD = _flatten(layers.pixels_to_unit(x)).astype(dtype)
     for i, width in enumerate(self.hidden_sizes):
-      update_BxH = act(layers.dense(width, 'embed', 'mlp', name=f'hidden_{i}')(h_BxD))
+      update_BxH = act(layers.dense(width, 'embed', 'mlp', name=f'hidden_{i}',
+                                    dtype=dtype)(h_BxD))
       update_BxH = nn.Dropout(self.dropout_rate, deterministic=not train)(update_BxH)
       if self.residual and h_BxD.shape[-1] == width:
         h_BxD = h_BxD + update_BxH
       else:
         h_BxD = update_BxH
-    return layers.dense(self.num_classes, 'mlp', 'classes', name='head')(h_BxD)
+    return layers.dense(self.num_classes, 'mlp', 'classes', name='head', dtype=dtype,
+                        out_dtype=jnp.float32)(h_BxD)
 
 
 class CNN(nn.Module):
@@ -78,8 +88,10 @@ class CNN(nn.Module):
   5x25 features (5,210 parameters).
   `pooling='flatten'` keeps the spatial layout (as the paper); `'mean'` averages over it.
   `conv_impl`: 'xla' (`nn.Conv`), 'im2col' (slices + one matmul, `layers.Im2colConv`: the
-  same maths and parameters, faster to train on CPU) or 'auto' (im2col on CPU, xla on
-  GPU/TPU).
+  same maths and parameters) or 'auto', chosen per use from measurements
+  (`python -m benchmarks.precision_bench`): im2col for training steps on CPU (XLA:CPU's
+  convolution gradients are slow), the XLA convolution for evaluation, serving and export
+  (its forward pass is faster) and on GPU/TPU.
   `norm='batch'` adds BatchNorm after each convolution, before the activation: batch
   statistics in training (over the global batch, on any mesh), running averages
   (`batch_stats`, updated with `batch_norm_momentum`) in evaluation.
@@ -96,6 +108,7 @@ class CNN(nn.Module):
   conv_impl: str = 'auto'
   norm: str = 'none'
   batch_norm_momentum: float = 0.9
+  dtype: str = 'float32'
 
   def flops_per_example(self, input_shape: Sequence[int]) -> int:
     if len(input_shape) == 1:  # x_L: one channel
@@ -121,17 +134,22 @@ class CNN(nn.Module):
     if self.norm not in ('none', 'batch'):
       raise ValueError(f"CNN norm must be 'none' or 'batch', got {self.norm!r}.")
     act = layers.activation(self.activation)
-    x = layers.pixels_to_unit(x)
+    dtype = precision.compute_dtype(self.dtype)
+    x = layers.pixels_to_unit(x).astype(dtype)
     if x.ndim == 2:  # x_BxL: a single-channel sequence
       x = x[..., None]
     spatial_dims = x.ndim - 2  # 1 for x_BxLxC, 2 for x_BxHxWxC
+    conv_impl = self.conv_impl
+    if conv_impl == 'auto':  # the same parameters either way, so the choice is free
+      conv_impl = 'im2col' if train and jax.default_backend() == 'cpu' else 'xla'
     h = x
     for i, (width, k, s) in enumerate(zip(self.features, self.kernel_sizes, self.strides)):
       h = layers.conv(width, (k,) * spatial_dims, (s,) * spatial_dims,
                       [(self.padding, self.padding)] * spatial_dims, name=f'conv_{i}',
-                      impl=self.conv_impl, use_bias=self.norm == 'none')(h)
+                      impl=conv_impl, use_bias=self.norm == 'none', dtype=dtype)(h)
       if self.norm == 'batch':
         h = nn.BatchNorm(use_running_average=not train, momentum=self.batch_norm_momentum,
+                         dtype=dtype,
                          scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
                                                                  ('conv_out',)),
                          bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
@@ -141,8 +159,9 @@ class CNN(nn.Module):
     if self.pooling == 'flatten':
       h_BxD = _flatten(h)
     else:
-      h_BxD = h.mean(axis=tuple(range(1, 1 + spatial_dims)))
+      h_BxD = h.astype(jnp.float32).mean(axis=tuple(range(1, 1 + spatial_dims)))
     for i, width in enumerate(self.hidden_sizes):
-      h_BxD = act(layers.dense(width, 'embed', 'mlp', name=f'hidden_{i}')(h_BxD))
+      h_BxD = act(layers.dense(width, 'embed', 'mlp', name=f'hidden_{i}', dtype=dtype)(h_BxD))
       h_BxD = nn.Dropout(self.dropout_rate, deterministic=not train)(h_BxD)
-    return layers.dense(self.num_classes, 'embed', 'classes', name='head')(h_BxD)
+    return layers.dense(self.num_classes, 'embed', 'classes', name='head', dtype=dtype,
+                        out_dtype=jnp.float32)(h_BxD)

@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.models import layers
+from research.models import layers, precision
 
 FRONTENDS = ('features', 'image', 'text')
 HEADS = ('classify', 'masked_lm')
@@ -85,7 +85,7 @@ class HeadsProjection(nn.Module):
                                                              ('heads', 'kv')),
                         (self.num_heads, self.head_dim), jnp.float32)
       x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)  # qwix-interceptable
-      y = jnp.einsum('bld,dhk->blhk', x, kernel)
+      y = precision.einsum('bld,dhk->blhk', x, kernel)
     else:
       dim = self.num_heads * self.head_dim  # the output projection keeps the width
       init = nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
@@ -96,7 +96,7 @@ class HeadsProjection(nn.Module):
                                                              ('embed',)),
                         (dim,), jnp.float32)
       x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)  # qwix-interceptable
-      y = jnp.einsum('blhk,hkd->bld', x, kernel)
+      y = precision.einsum('blhk,hkd->bld', x, kernel)
     return y + bias.astype(self.dtype)
 
 
@@ -116,8 +116,8 @@ def reference_attention(q_BxLxHxDh: jnp.ndarray, k_BxLxHxDh: jnp.ndarray,
                         bias_HxLxL: jnp.ndarray | None = None) -> jnp.ndarray:
   """Softmax attention with einsums; float32 logits and softmax whatever the input dtype."""
   scale = 1.0 / math.sqrt(q_BxLxHxDh.shape[-1])
-  logits_BxHxLxL = jnp.einsum('blhd,bmhd->bhlm', q_BxLxHxDh, k_BxLxHxDh,
-                              preferred_element_type=jnp.float32) * scale
+  logits_BxHxLxL = precision.einsum('blhd,bmhd->bhlm', q_BxLxHxDh, k_BxLxHxDh,
+                                    out_dtype=jnp.float32) * scale
   if bias_HxLxL is not None:
     logits_BxHxLxL = logits_BxHxLxL + bias_HxLxL.astype(jnp.float32)[None]
   if mask_BxL is not None:
@@ -127,7 +127,7 @@ def reference_attention(q_BxLxHxDh: jnp.ndarray, k_BxLxHxDh: jnp.ndarray,
   att_BxHxLxL = jax.nn.softmax(logits_BxHxLxL, axis=-1)
   if dropout is not None:
     att_BxHxLxL = dropout(att_BxHxLxL)
-  return jnp.einsum('bhlm,bmhd->blhd', att_BxHxLxL.astype(v_BxLxHxDh.dtype), v_BxLxHxDh)
+  return precision.einsum('bhlm,bmhd->blhd', att_BxHxLxL.astype(v_BxLxHxDh.dtype), v_BxLxHxDh)
 
 
 def relative_offsets(length: int, max_distance: int) -> jnp.ndarray:
@@ -176,7 +176,15 @@ class SelfAttention(nn.Module):
     bias_HxLxL = None
     if self.relative_distance > 0:
       bias_HxLxL = self.relative_bias(x_BxLxD.shape[1])
-    if self.attention_impl in ('fused', 'cudnn'):
+    impl = self.attention_impl
+    if impl == 'fused' and jnp.dtype(self.dtype) != jnp.float32:
+      # jax.nn.dot_product_attention's XLA path multiplies probabilities by values
+      # bf16 x bf16 -> bf16 and its gradient dots mix float32 cotangents with bfloat16
+      # operands, which XLA runs as float32 dots: under the mixed-precision policy the
+      # same maths goes through `reference_attention`'s einsums (no attention dropout,
+      # as in 'fused').
+      impl = 'fused_reference'
+    if impl in ('fused', 'cudnn'):
       mask_Bx1x1xL = None if mask_BxL is None else mask_BxL[:, None, None, :]
       bias_1xHxLxL = None if bias_HxLxL is None else bias_HxLxL[None].astype(q_BxLxHxDh.dtype)
       out_BxLxHxDh = jax.nn.dot_product_attention(
@@ -184,7 +192,7 @@ class SelfAttention(nn.Module):
           implementation='cudnn' if self.attention_impl == 'cudnn' else None)
     else:
       dropout = None
-      if self.dropout_rate > 0:
+      if self.dropout_rate > 0 and impl == 'reference':
         dropout = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)
       out_BxLxHxDh = reference_attention(q_BxLxHxDh, k_BxLxHxDh, v_BxLxHxDh, mask_BxL,
                                          dropout, bias_HxLxL)
@@ -503,7 +511,7 @@ class TransformerEncoder(nn.Module):
         x_BxNxD = jnp.take_along_axis(x_BxNxD, positions_BxP[..., None].astype(jnp.int32),
                                       axis=1)  # x_BxPxD
       logits_BxNxV = layers.dense(self.vocab_size, 'embed', 'vocab', name='mlm_head',
-                                  dtype=dtype)(x_BxNxD)
+                                  dtype=dtype, out_dtype=jnp.float32)(x_BxNxD)
       return logits_BxNxV.astype(jnp.float32)
 
     if self.pooling in ('cls', 'first'):
@@ -512,12 +520,13 @@ class TransformerEncoder(nn.Module):
       pooled_BxD = x_BxNxD.astype(jnp.float32).mean(axis=1)
     else:
       weight_BxN = mask_BxN.astype(jnp.float32)
-      pooled_BxD = (jnp.einsum('bnd,bn->bd', x_BxNxD.astype(jnp.float32), weight_BxN)
+      # A float32 weighted sum (a reduction, not a dot: the activations may be bfloat16).
+      pooled_BxD = ((x_BxNxD.astype(jnp.float32) * weight_BxN[..., None]).sum(axis=1)
                     / jnp.maximum(weight_BxN.sum(axis=1, keepdims=True), 1.0))
     if self.pooler:
       pooled_BxD = jnp.tanh(layers.dense(self.hidden_size, 'embed', 'embed_out', name='pooler',
                                          dtype=dtype)(pooled_BxD))
       pooled_BxD = nn.Dropout(self.dropout_rate, deterministic=deterministic)(pooled_BxD)
     logits_BxK = layers.dense(self.num_classes, 'embed', 'classes', name='head',
-                              dtype=dtype)(pooled_BxD)
+                              dtype=dtype, out_dtype=jnp.float32)(pooled_BxD)
     return logits_BxK.astype(jnp.float32)
