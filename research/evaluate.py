@@ -12,7 +12,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from research.training import experiment
+from research.training import experiment, hardware
 from research import writers
 from research.errors import one_line_errors
 
@@ -50,4 +50,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   flags.mark_flag_as_required('workdir')
+  hardware.enable_compilation_cache()
   app.run(main)

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 from research import config as config_lib
 from research import logs
 from research.errors import ConfigError, one_line_errors
-from research.training import preemption
+from research.training import hardware, preemption
 from research.evaluation import reporting
 from research import training
 
@@ -69,6 +69,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
+  hardware.enable_compilation_cache()
   try:
     sys.argv += config_lib.extra_overrides()
   except ConfigError as e:

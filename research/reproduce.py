@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from research.evaluation import compare
 from research import logs, paths, training
+from research.training import hardware
 from research import config as config_lib
 from research.errors import ConfigError, one_line_errors
 
@@ -83,4 +84,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
+  hardware.enable_compilation_cache()
   app.run(main)

@@ -3,6 +3,8 @@ import glob
 import json
 import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -186,9 +188,29 @@ def test_tensorboard_missing_package_is_a_clear_error(monkeypatch):
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr(builtins, '__import__', no_tensorboardx)
+  real_find_spec = tb.importlib.util.find_spec
+  monkeypatch.setattr(tb.importlib.util, 'find_spec', lambda name, *a: (
+      None if name == 'tensorboardX' else real_find_spec(name, *a)))
   assert not tb.available()
   with pytest.raises(ImportError, match='pip install'):
     tb.ScalarWriter('/nonexistent')
+
+
+def test_tensorboard_files_are_written_without_importing_torch(tmp_path):
+  # tensorboardX imports torch when it can (2 s of a short run); the writer hides it.
+  pytest.importorskip('tensorboardX')
+  pytest.importorskip('torch')
+  code = ('import sys\n'
+          'from research.evaluation import tb\n'
+          f'w = tb.ScalarWriter({str(tmp_path)!r})\n'
+          "w.write(1, 'train', {'loss': 0.5})\n"
+          'w.close()\n'
+          "assert 'torch' not in sys.modules, 'torch was imported'\n"
+          'import torch  # still importable afterwards\n')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert glob.glob(os.path.join(str(tmp_path), 'train', 'events.out.tfevents.*'))
 
 
 def test_references():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 
 import jax
@@ -57,3 +58,15 @@ def peak_flops_per_device() -> tuple[float, str]:
     peak = measured_matmul_peak() / jax.local_device_count()
     return peak, f'cpu: {peak / 1e9:.0f} GFLOP/s per device (measured fp32 matmul)'
   return 0.0, f'{kind}: unknown peak (MFU not reported)'
+
+
+def enable_compilation_cache() -> None:
+  """Compiled programs persist across runs, so a rerun, a resume after preemption or the
+  next seed of a sweep skips most of its compilation: in $JAX_COMPILATION_CACHE_DIR when
+  set (jax reads it itself), else in $RESEARCH_CACHE_DIR/jax or ~/.cache/research/jax.
+  The command lines call this first; a notebook may too."""
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    return
+  root = os.environ.get('RESEARCH_CACHE_DIR') or os.path.expanduser('~/.cache/research')
+  jax.config.update('jax_compilation_cache_dir', os.path.join(root, 'jax'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
