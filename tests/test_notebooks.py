@@ -18,6 +18,8 @@ SMALL = {
     'text.ipynb': ('pretrain_steps, finetune_steps = 30, 30\n'
                    'num_layers, hidden_size, max_len = 1, 32, 48',
                    ['mlm/results.json', 'classifier/results.json']),
+    'compression.ipynb': ('train_steps = 60',
+                          [f'{r}/results.json' for r in ('cnn', 'cnn_pruned', 'mlp_distilled')]),
     'scaling.ipynb': ('num_train_steps = 20',
                       [f'{m}/results.json' for m in
                        ('data_parallel_8', 'FSDP_8', 'data_2_x_tensor_4')]),
