@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     lines.append(_row('torch autocast bf16', None, None, f"not run: {machine['torch_note']}"))
   print()
   print(f"{datetime.date.today()}, {machine['device']} ({machine['platform']}), peak "
-        f"{machine['peak_gflops'] / 1e3:,.0f} TFLOP/s ({machine['peak_source']}); "
+        f"{machine['peak_gflops'] / 1e3:.3g} TFLOP/s ({machine['peak_source']}); "
         f"{args.size}: batch {row['batch']}, {row['params']:,} parameters; jax {machine['jax']}")
   print()
   print('| training step, bfloat16 | examples/s | MFU % | |')
