@@ -35,7 +35,6 @@ def pixels_to_unit(x: jax.Array) -> jax.Array:
 
 def _dot(a: jax.Array, b: jax.Array, out_dtype: Any) -> jax.Array:
   # float32 accumulation whatever the operands (bfloat16 under the mixed-precision policy).
-  a, b = precision.pin_operands(a, b)
   return jnp.matmul(a, b, preferred_element_type=jnp.float32).astype(out_dtype)
 
 

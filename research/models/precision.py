@@ -51,22 +51,7 @@ def dots_intercepted() -> bool:
   return dot_general is not _LAX_DOT_GENERAL or dot_general.__code__ is not _LAX_DOT_GENERAL_CODE
 
 
-def pin_operands(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """bfloat16 dot operands behind an `optimization_barrier`, so that they reach the dot
-  as bfloat16.
-
-  XLA:CPU computes elementwise bfloat16 ops in float32, and its float-conversion
-  simplification then drops the round trip back to bfloat16 between such an op and the
-  dot that consumes it: the dot would see a float32 operand and run as a float32 dot.
-  Float32 operands pass unchanged.
-  """
-  if a.dtype == jnp.float32 and b.dtype == jnp.float32:
-    return a, b
-  return jax.lax.optimization_barrier((a, b))
-
-
 def _accumulate_f32(spec: str, a: jax.Array, b: jax.Array, out_dtype: Any) -> jax.Array:
-  a, b = pin_operands(a, b)
   return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(out_dtype)
 
 
