@@ -84,8 +84,10 @@ _CHOICE_BLOCKS = ('model', 'objective_args', 'evals')
 
 def with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
   """A run's stored config plus the default of every key added to the code since it was
-  written (e.g. `lora`), so older runs can still be evaluated, resumed and exported."""
+  written (e.g. `lora`, or a model's new `dtype`), so older runs can still be evaluated,
+  resumed, exported and compared with newer ones."""
   from research.config import default_config  # imports the registries: only when reading
+  from research.errors import ConfigError
   def merge(stored_block: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     out = dict(stored_block)
     for key, value in defaults.items():
@@ -94,7 +96,15 @@ def with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
       elif isinstance(value, dict) and isinstance(out[key], dict) and key not in _CHOICE_BLOCKS:
         out[key] = merge(out[key], value)
     return out
-  return merge(stored, default_config().to_dict())
+  out = merge(stored, default_config().to_dict())
+  model = out.get('model')
+  if isinstance(model, dict) and model.get('name'):
+    from research import models  # pylint: disable=import-outside-toplevel
+    try:  # the model's own new hyperparameters, at the defaults older code computed with
+      out['model'] = merge(model, models.hyperparameters(model['name']))
+    except ConfigError:
+      pass  # a model registered by the user's code, not imported here: left as stored
+  return out
 
 
 class MetricsLog:

@@ -105,9 +105,16 @@ def test_a_run_written_before_new_config_keys_reads_with_their_defaults(tmp_path
   for block in ('lora', 'quantization', 'pruning'):
     del stored[block]
   del stored['init_from']['hf_dir']
+  del stored['model']['dtype']  # a model hyperparameter added since
   stored = json.loads(json.dumps(stored))  # as the file holds it (tuples become lists)
   (tmp_path / 'config.json').write_text(json.dumps(stored))
   read = writers.read_config(str(tmp_path))
   assert read.lora.rank == 0 and read.quantization.qat == '' and read.pruning.sparsity == 0.0
   assert read.init_from.hf_dir == '' and read.init_from.skip == stored['init_from']['skip']
-  assert dict(read.model) == stored['model']  # the MLP's keys only, not the default CNN's
+  # The MLP's own keys, its new one at its default, and not the default CNN's keys.
+  assert dict(read.model) == {**stored['model'], 'dtype': 'float32'}
+  # So the older run and a new one with the same settings compare as one config.
+  from research.evaluation import compare
+  new = json.loads(json.dumps(config.to_dict()))
+  assert (compare.config_fingerprint(writers.with_new_defaults(stored))
+          == compare.config_fingerprint(writers.with_new_defaults(new)))

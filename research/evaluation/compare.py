@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from research import paths as paths_lib
+from research import writers
 from research.evaluation import references
 
 # (dataset, model), or (dataset, model, label) when that pair has runs of several configs
@@ -189,7 +190,9 @@ def find_run_dirs(paths: Iterable[str]) -> list[str]:
 def _read_run(run_dir: str, split: str) -> tuple[dict[str, Any], float] | str:
   """(config, `split` accuracy in percent), or a warning saying why the run is left out."""
   try:
-    config = json.loads(paths_lib.read_text(os.path.join(run_dir, 'config.json')))
+    # Keys added to the code since an older run was written count at their defaults.
+    config = writers.with_new_defaults(
+        json.loads(paths_lib.read_text(os.path.join(run_dir, 'config.json'))))
     results = json.loads(paths_lib.read_text(os.path.join(run_dir, 'results.json')))
   except (OSError, json.JSONDecodeError) as e:
     return f'{run_dir}: {e}'
