@@ -171,7 +171,8 @@ def test_every_case_gets_the_trainers_shardings(key):
 
 @pytest.mark.parametrize('shape,overrides', [
     ((40,), {}),                                                   # the MNIST-1D paper CNN
-    ((28, 28, 1), dict(bench.CASES[('cnn', 'medium')].model)),     # 2D, strides 1 and 2
+    pytest.param((28, 28, 1), dict(bench.CASES[('cnn', 'medium')].model),  # 2D, strides 1, 2
+                 marks=pytest.mark.slow),                          # (the heaviest: test-slow)
     ((37, 3), dict(features=(8, 8), kernel_sizes=(4, 5), strides=(3, 1), padding=2,
                    pooling='mean')),
 ])
