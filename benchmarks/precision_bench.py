@@ -20,14 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import bench
+from benchmarks import bench, compress_bench
+from research.compress import quantize
 
 MODELS = ('mlp', 'cnn', 'transformer')
 
@@ -88,20 +88,13 @@ def precision_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _forward_timer(runner: bench.JaxRunner, batch_size: int):
+  """Seconds per evaluation forward pass at `batch_size`, by `compress_bench.timer`."""
   # Copies: the training step donates (deletes) the state's buffers when it runs.
-  model, params = runner.model, jax.tree.map(jnp.copy, runner.state.params)
-  extra = jax.tree.map(jnp.copy, dict(runner.state.model_state))  # e.g. batch_stats
-  inputs = np.random.default_rng(0).standard_normal(
-      (batch_size,) + tuple(runner.batch['inputs'].shape[1:])).astype(np.float32)
-  forward = jax.jit(lambda p, x: model.apply({'params': p, **extra}, x, train=False))
-  forward(params, inputs).block_until_ready()
-
-  def run(n: int) -> float:
-    start = time.perf_counter()
-    for _ in range(n):
-      out = forward(params, inputs)
-    out.block_until_ready()
-    return (time.perf_counter() - start) / n
+  variables = jax.tree.map(jnp.copy, {'params': runner.state.params,
+                                      **runner.state.model_state})
+  row = {'fn': quantize.make_apply(runner.model), 'variables': variables, 'fields': {},
+         'batch': jax.tree.map(np.asarray, dict(runner.batch))}
+  run = compress_bench.timer(row, batch_size)
   n = max(1, int(0.3 / max(run(1), 1e-6)))
   return lambda: run(n)
 
