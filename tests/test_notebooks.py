@@ -3,6 +3,7 @@ injected after its `parameters` cell, as papermill does; a failing cell fails th
 import glob
 import json
 import os
+import runpy
 
 import nbformat
 import pytest
@@ -63,3 +64,14 @@ def test_a_failing_cell_fails(tmp_path):
                                      'language': 'python'}
   with pytest.raises(CellExecutionError, match='boom'):
     execute(notebook, str(tmp_path))
+
+
+def test_every_notebook_opens_with_its_colab_badge_and_install_cell():
+  """Both come from pyproject's Repository URL; `python notebooks/headers.py` rewrites them."""
+  headers = runpy.run_path(os.path.join(REPO_ROOT, 'notebooks', 'headers.py'))
+  url = headers['repository_url']()
+  for path in NOTEBOOKS:
+    assert headers['headers_differ'](path, url) == [], path
+    badge = nbformat.read(path, as_version=4).cells[0].source
+    assert (f'colab.research.google.com/github/{url.removeprefix("https://github.com/")}'
+            f'/blob/main/notebooks/{os.path.basename(path)})') in badge
