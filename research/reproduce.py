@@ -7,9 +7,15 @@ A config may take an argument (`configs/text/classifier.py:reuters_r8+pretrained
 name is then `classifier-reuters_r8+pretrained`). Each run goes to WORKDIR/<name>/seed<k> (a
 finished run is reused, an interrupted one resumes). The table is printed and written to WORKDIR/table.md. $RESEARCH_EXTRA_OVERRIDES
 (`--config.KEY=VALUE ...`, as for research.main) applies to every run, e.g. to shrink steps.
+
+`--workers=N` runs N at a time, each in its own process pinned to its share of this
+process's CPUs (on a CPU host, two one-core runs beat one two-core run: small models do
+not scale across cores). Keep 1 on an accelerator: the runs would share the device.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import os
 import re
 import runpy
@@ -29,6 +35,8 @@ DEFAULT_CONFIGS = ('configs/mnist1d/logistic.py,configs/mnist1d/mlp.py,'
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/mnist1d_table', 'Where the runs go.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds to run for each config.')
 _CONFIGS = flags.DEFINE_list('configs', DEFAULT_CONFIGS.split(','), 'Config files.')
+_WORKERS = flags.DEFINE_integer('workers', 1, 'Runs at a time, each pinned to its share of '
+                                'the CPUs (CPU hosts; 1 on an accelerator).')
 
 
 def apply_extra_overrides(config: ml_collections.ConfigDict) -> None:
@@ -49,32 +57,87 @@ def apply_extra_overrides(config: ml_collections.ConfigDict) -> None:
   flag_values(argv)
 
 
-def run_all(config_paths: list[str], seeds: list[int], workdir: str) -> list[str]:
-  run_dirs = []
+def planned_runs(config_paths: list[str], seeds: list[int],
+                 workdir: str) -> list[tuple[str, str, int, str]]:
+  """`(config path, its argument, seed, run directory)` for every config x seed."""
+  runs = []
   for spec in config_paths:
     path, _, arg = spec.partition(':')  # 'configs/text/classifier.py:reuters_r8+pretrained'
     name = os.path.splitext(os.path.basename(path))[0] + (f'-{arg}' if arg else '')
-    for seed in seeds:
-      run_dir = os.path.join(workdir, name, f'seed{seed}')
-      run_dirs.append(run_dir)
-      if paths.exists(os.path.join(run_dir, 'results.json')):
-        logging.info('Reusing finished run %s', run_dir)
-        continue
-      get_config = runpy.run_path(path)['get_config']
-      config = get_config(arg) if arg else get_config()
-      apply_extra_overrides(config)
-      config.seed = seed
-      config.progress_bar = False
-      logging.info('Running %s seed %d -> %s', spec, seed, run_dir)
-      training.train_and_evaluate(config, run_dir)
-  return run_dirs
+    runs.extend((path, arg, seed, os.path.join(workdir, name, f'seed{seed}')) for seed in seeds)
+  return runs
+
+
+def run_one(path: str, arg: str, seed: int, run_dir: str) -> None:
+  get_config = runpy.run_path(path)['get_config']
+  config = get_config(arg) if arg else get_config()
+  apply_extra_overrides(config)
+  config.seed = seed
+  config.progress_bar = False
+  logging.info('Running %s%s seed %d -> %s', path, f':{arg}' if arg else '', seed, run_dir)
+  training.train_and_evaluate(config, run_dir)
+
+
+def cpu_shares(workers: int) -> list[set[int]]:
+  """This process's CPUs split into `workers` disjoint, contiguous, near-equal sets."""
+  cpus = sorted(os.sched_getaffinity(0))
+  if workers > len(cpus):
+    raise ConfigError(f'--workers={workers} exceeds the {len(cpus)} CPUs this process may '
+                      f'use; pass at most {len(cpus)}.')
+  size, extra = divmod(len(cpus), workers)
+  shares, start = [], 0
+  for index in range(workers):
+    end = start + size + (index < extra)
+    shares.append(set(cpus[start:end]))
+    start = end
+  return shares
+
+
+def _pin_worker(shares) -> None:
+  """Runs in each worker process before jax starts: takes one CPU share for good."""
+  os.sched_setaffinity(0, shares.get())
+  logs.show_our_progress()
+  hardware.enable_compilation_cache()
+
+
+def run_all(config_paths: list[str], seeds: list[int], workdir: str,
+            workers: int = 1) -> list[str]:
+  runs = planned_runs(config_paths, seeds, workdir)
+  todo = []
+  for run in runs:
+    if paths.exists(os.path.join(run[3], 'results.json')):
+      logging.info('Reusing finished run %s', run[3])
+    else:
+      todo.append(run)
+  if workers <= 1 or len(todo) <= 1:
+    for run in todo:
+      run_one(*run)
+  else:
+    # 'spawn': a fresh interpreter per worker, so jax initialises under the pinned CPUs.
+    context = multiprocessing.get_context('spawn')
+    shares = context.Queue()
+    for share in cpu_shares(workers):
+      shares.put(share)
+    with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
+                                                initializer=_pin_worker,
+                                                initargs=(shares,)) as pool:
+      futures = {pool.submit(run_one, *run): run for run in todo}
+      try:
+        for future in concurrent.futures.as_completed(futures):
+          future.result()  # a failed run stops the table with its own error
+          logging.info('Finished %s', futures[future][3])
+      except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)  # the runs under way finish; no new ones
+        raise
+  return [run[3] for run in runs]
 
 
 @one_line_errors
 def main(argv: list[str]) -> None:
   del argv
   logs.show_our_progress()
-  run_dirs = run_all(_CONFIGS.value, [int(s) for s in _SEEDS.value], _WORKDIR.value)
+  run_dirs = run_all(_CONFIGS.value, [int(s) for s in _SEEDS.value], _WORKDIR.value,
+                     _WORKERS.value)
   groups, skipped = compare.load_runs(run_dirs)
   for warning in skipped:
     logging.warning('%s', warning)

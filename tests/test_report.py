@@ -368,3 +368,35 @@ def test_reproduce_passes_a_config_argument(tmp_path):
   steps = {name: json.loads((tmp_path / 'runs' / name / 'seed0' / 'results.json').read_text())['steps']
            for name in ('tiny-4', 'tiny-6')}
   assert steps == {'tiny-4': 4, 'tiny-6': 6}
+
+
+def test_reproduce_workers_run_in_parallel_on_disjoint_cpus(tmp_path):
+  """--workers=2: every run finishes, each worker pinned to its own share of the CPUs; a
+  failing run fails the command with its own one-line error."""
+  from tests.helpers import REPO_ROOT, run_module
+  config_file = tmp_path / 'tiny.py'
+  config_file.write_text(
+      'import os\n'
+      'from research.errors import ConfigError\n'
+      'from tests.helpers import tiny_config\n'
+      'def get_config(arg="3"):\n'
+      '  if arg == "bad":\n'
+      '    raise ConfigError("tiny.py: bad argument")\n'
+      f'  with open({str(tmp_path)!r} + f"/cpus-{{os.getpid()}}", "w") as f:\n'
+      '    f.write(",".join(map(str, sorted(os.sched_getaffinity(0)))))\n'
+      '  return tiny_config("logistic", steps=int(arg))\n')
+  proc = run_module('research.reproduce', f'--workdir={tmp_path / "runs"}', '--seeds=0,1,2',
+                    f'--configs={config_file}:4', '--workers=2', env={'PYTHONPATH': REPO_ROOT})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for seed in range(3):
+    assert json.loads((tmp_path / 'runs' / 'tiny-4' / f'seed{seed}' / 'results.json')
+                      .read_text())['steps'] == 4
+  assert '| 3 |' in (tmp_path / 'runs' / 'table.md').read_text()  # n = 3 seeds in the table
+  shares = {path.read_text() for path in tmp_path.glob('cpus-*')}
+  cpus = [set(share.split(',')) for share in shares]
+  if len(os.sched_getaffinity(0)) >= 2:
+    assert len(cpus) == 2 and not cpus[0] & cpus[1], shares
+  proc = run_module('research.reproduce', f'--workdir={tmp_path / "runs"}', '--seeds=0,1',
+                    f'--configs={config_file}:bad', '--workers=2', env={'PYTHONPATH': REPO_ROOT})
+  assert proc.returncode != 0 and 'tiny.py: bad argument' in proc.stderr
+  assert 'Traceback' not in proc.stderr

@@ -7,9 +7,13 @@ network or a data dir where it was prepared.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import fcntl
 import os
+import re
+from typing import Iterator
 
 import ml_collections
 import numpy as np
@@ -59,13 +63,36 @@ def _check_name(name: str) -> None:
         f"'csv:DIR/{{split}}.csv'.{hint}")
 
 
+@contextlib.contextmanager
+def _preparation_lock(data_dir: str, name: str) -> Iterator[None]:
+  """One process at a time prepares a dataset in a local data dir (tfds' own renames race:
+  two runs started together would both build it and the second fail). Remote data dirs
+  (gs://) are prepared beforehand or by one process."""
+  if '://' in data_dir:
+    yield
+    return
+  lock_path = os.path.join(data_dir, '.' + re.sub(r'[^\w.-]', '_', name) + '.lock')
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+    lock_file = open(lock_path, 'a')
+  except OSError:  # a read-only data dir holds prepared data: nothing will be written
+    yield
+    return
+  with lock_file:
+    fcntl.flock(lock_file, fcntl.LOCK_EX)  # released when the file closes
+    yield
+
+
 def open_builder(dataset_cfg: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
   """The tfds builder for `dataset_cfg.name`, prepared (built offline or downloaded)."""
   _check_name(dataset_cfg.name)
   data_dir = resolve_data_dir(dataset_cfg.data_dir)
-  builder = tfds.builder(dataset_cfg.name, data_dir=data_dir, file_format='array_record')
   try:
-    builder.download_and_prepare(file_format='array_record')
+    with _preparation_lock(data_dir, dataset_cfg.name):
+      # Made under the lock: a builder made before another process finished would not
+      # see its files.
+      builder = tfds.builder(dataset_cfg.name, data_dir=data_dir, file_format='array_record')
+      builder.download_and_prepare(file_format='array_record')
   except Exception as e:  # a network failure surfaces as many exception types
     if dataset_cfg.name.split('/')[0] in {n.split('/')[0] for n in OFFLINE_DATASETS}:
       raise
