@@ -132,3 +132,41 @@ def test_frozen_params_do_not_count_in_the_clipping_norm():
   tx = optim.create_optimizer(opt, 10, params)
   updates = tx.update(grads, tx.init(params), params)[0]
   np.testing.assert_allclose(updates['b'], [-1.0])  # norm 1 < 2: not clipped by a's 100
+
+
+def test_frozen_parameters_get_no_gradient_computation():
+  """A linear probe's step (convolutions frozen) differentiates the head only: its lowered
+  program has no backward dots or convolutions for the frozen layers, and its update is the
+  update of the step that computes every gradient and lets the optimizer zero them."""
+  import functools
+  import re as re_lib
+  from research.training import steps
+  config = tiny_config('cnn', steps=2)
+  config.optimizer.freeze = '^conv_'
+  exp = experiment.build(config, eval_split_names=[])
+  state = exp.initial_state()
+  rng = np.random.default_rng(0)
+  batch = {'inputs': rng.standard_normal((config.batch_size,) + exp.example_shape
+                                         ).astype(np.float32),
+           'labels': rng.integers(0, 10, config.batch_size).astype(np.int32),
+           'mask': np.ones(config.batch_size, bool)}
+  mask = optim.frozen_mask(config.optimizer, state.params)
+  assert sorted(k for k, v in _flat(mask).items() if not v) == ['head/bias', 'head/kernel']
+
+  def step(frozen):
+    return jax.jit(functools.partial(steps.train_step, objective=exp.objective,
+                                     seed=config.seed, frozen=frozen))
+
+  def matmuls(frozen) -> int:
+    text = step(frozen).lower(state, batch).as_text()
+    return len(re_lib.findall(r'stablehlo\.(dot_general|convolution)', text))
+  with_mask, without = matmuls(mask), matmuls(None)
+  print(f'dots and convolutions in the probe step: {with_mask} with the stop, {without} without')
+  assert with_mask < without
+  new_masked, metrics_masked = step(mask)(state, batch)
+  new_full, metrics_full = step(None)(state, batch)
+  for path, value in _flat(new_full.params).items():
+    np.testing.assert_allclose(_flat(new_masked.params)[path], value, rtol=1e-6, atol=1e-7,
+                               err_msg=path)
+  # The logged norm is the trained parameters' gradient norm (frozen ones are zeros).
+  assert 0 < metrics_masked['grad_norm'] < metrics_full['grad_norm']

@@ -182,8 +182,8 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
         f'dtype {example_inputs.dtype} (after preprocessing {config.dataset.preprocess!r}). '
         f'{type(e).__name__}: {e}') from e
   base_paths = _lora_base(config, boxed_params)
-  tx = optim.create_optimizer(lora.optimizer_config(config), config.num_train_steps,
-                              params=boxed_params)
+  optimizer_cfg = lora.optimizer_config(config)
+  tx = optim.create_optimizer(optimizer_cfg, config.num_train_steps, params=boxed_params)
   tx = prune.wrap(tx, config, boxed_params)  # itself unless config.pruning.sparsity > 0
   init_fn = functools.partial(steps.create_train_state, model, tx, example_inputs,
                               model_kwargs=example_kwargs)
@@ -202,7 +202,8 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
   train_fn = jax.jit(
       functools.partial(steps.train_step, **step_kwargs,
                         grad_accum_steps=config.grad_accum_steps,
-                        skip_nonfinite=config.nan_policy == 'skip'),
+                        skip_nonfinite=config.nan_policy == 'skip',
+                        frozen=optim.frozen_mask(optimizer_cfg, nn.unbox(boxed_params))),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=(0,))

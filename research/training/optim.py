@@ -128,6 +128,15 @@ def group_labels(opt: ml_collections.ConfigDict, params) -> Any:
   return lambda tree: _map_paths(label, tree)
 
 
+def frozen_mask(opt: ml_collections.ConfigDict, params) -> Any | None:
+  """A tree like `params` of Python bools, True where `opt.freeze` matches (None without
+  a freeze rule): the train step differentiates only the others."""
+  if not opt.freeze:
+    return None
+  freeze = _compile('freeze', opt.freeze)
+  return _map_paths(lambda path: bool(freeze.search(path)), params)
+
+
 def _core(opt: ml_collections.ConfigDict, lr, decay_mask=None
           ) -> list[optax.GradientTransformation]:
   """[L2 decay (adam, sgd),] optimizer: as a list, so the chain stays flat."""

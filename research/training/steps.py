@@ -54,13 +54,17 @@ def apply_model(state: TrainState, params, batch: Batch, *, train: bool,
 
 def train_step(state: TrainState, batch: Batch, *, objective: Objective, seed: int,
                input_fields: dict[str, str] | None = None, grad_accum_steps: int = 1,
-               skip_nonfinite: bool = False) -> tuple[TrainState, dict[str, jax.Array]]:
+               skip_nonfinite: bool = False,
+               frozen: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update on `batch`, optionally accumulated over micro-batches.
 
   The loss is the objective's sum over the batch divided by its total weight (real
   examples, or chosen tokens), whatever the micro-batching. With `skip_nonfinite`, an
   update whose loss or gradients are not finite is dropped (params and optimizer state
-  unchanged, step still advances).
+  unchanged, step still advances). `frozen` (a tree like the params of Python bools, from
+  `optim.frozen_mask`) stops the gradient at frozen parameters: their weight gradients
+  are never computed (a LoRA or linear-probe step skips the frozen kernels' share of the
+  backward pass) and come out as zeros, which the optimizer ignores.
   """
   input_fields = input_fields or {}
   step_key = jax.random.fold_in(jax.random.key(seed), state.step)
@@ -68,6 +72,8 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective, seed: i
   batch = objective.prepare(batch, jax.random.fold_in(step_key, _OBJECTIVE_STREAM), True)
 
   def summed_loss(params, model_state, micro: Batch, key):
+    if frozen is not None:
+      params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
     outputs, new_model_state = apply_model(state, params, micro, train=True,
                                            input_fields=input_fields, dropout_key=key,
                                            model_state=model_state)
