@@ -5,11 +5,14 @@
       --workdir=runs/text/r8_pretrained      # after configs/text/mlm.py -> runs/text/mlm
 
 The argument is `DATASET` (reuters_r8, reuters_r52, newsgroups20, rotten_tomatoes) and
-optionally `+pretrained` (`+`, not `,`: a comma separates configs in research.reproduce):
+optionally `+pretrained` or `+pretraining_vocab` (`+`, not `,`: a comma separates configs
+in research.reproduce):
 - from scratch: a WordPiece vocabulary trained on the dataset's own training split;
 - pretrained: `init_from` the masked-LM run in `mlm.WORKDIR` (its encoder; the masked-LM
   head `mlm_head/` is left out and a fresh classifier `head/` initialised) with its
-  tokenizer, so token ids mean what they meant in pretraining.
+  tokenizer, so token ids mean what they meant in pretraining;
+- pretraining_vocab: from scratch, but with the masked-LM run's tokenizer (the ablation
+  that separates the pretrained weights from the shared vocabulary).
 Mean pooling over the real tokens (the tokenizer's `input_mask`); evaluation on the
 whole test split at the end. Training steps per dataset: about 6-7 epochs.
 """
@@ -38,21 +41,23 @@ def pretrained_tokenizer(workdir: str) -> str:
 
 def get_config(arg: str = 'reuters_r8'):
   dataset, *options = arg.split('+')
-  if dataset not in STEPS or set(options) - {'pretrained'}:
-    raise ConfigError(f'configs/text/classifier.py takes DATASET[+pretrained] with DATASET in '
-                      f'{sorted(STEPS)}; got {arg!r}.')
+  if dataset not in STEPS or len(options) > 1 or set(options) - {'pretrained',
+                                                                  'pretraining_vocab'}:
+    raise ConfigError(f'configs/text/classifier.py takes DATASET[+pretrained|'
+                      f'+pretraining_vocab] with DATASET in {sorted(STEPS)}; got {arg!r}.')
   pretrained = 'pretrained' in options
   config = default_config()
   config.dataset.name = dataset
   config.dataset.eval_splits = 'test'
   max_len, vocab = MAX_LENGTH.get(dataset, _MLM['MAX_LENGTH']), _MLM['VOCAB_SIZE']
-  if pretrained:
+  if options:  # the masked-LM run's tokenizer
     workdir = _MLM['WORKDIR']
     config.dataset.preprocess = (f'tokenize_wordpiece(model={pretrained_tokenizer(workdir)!r}, '
                                  f'max_len={max_len})')
-    config.init_from.workdir = workdir
   else:
     config.dataset.preprocess = f'tokenize_wordpiece(vocab_size={vocab}, max_len={max_len})'
+  if pretrained:
+    config.init_from.workdir = workdir
   config.init_from.skip = '^head/|^mlm_head/'
   config.model = models.model_config('transformer', head='classify', pooling='mean',
                                      dropout_rate=0.1, **_MLM['encoder']())

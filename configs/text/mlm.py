@@ -47,9 +47,9 @@ def get_config():
                                      **encoder())
   config.batch_size = 64
   config.eval_batch_size = 256
-  config.num_train_steps = 2000
-  config.eval_every_steps = 500
+  config.num_train_steps = 6000
+  config.eval_every_steps = 1000
   config.log_every_steps = 100
-  config.checkpoint.every_steps = 500
-  adamw(config, learning_rate=1e-3, warmup_steps=200)
+  config.checkpoint.every_steps = 1000
+  adamw(config, learning_rate=1e-3, warmup_steps=300)
   return config
