@@ -78,8 +78,11 @@ def run_one(path: str, arg: str, seed: int, run_dir: str) -> None:
   training.train_and_evaluate(config, run_dir)
 
 
-def cpu_shares(workers: int) -> list[set[int]]:
-  """This process's CPUs split into `workers` disjoint, contiguous, near-equal sets."""
+def cpu_shares(workers: int) -> list[set[int] | None]:
+  """This process's CPUs split into `workers` disjoint, contiguous, near-equal sets (None
+  each where the OS has no CPU affinity, e.g. macOS: the workers then share the CPUs)."""
+  if not hasattr(os, 'sched_setaffinity'):
+    return [None] * workers
   cpus = sorted(os.sched_getaffinity(0))
   if workers > len(cpus):
     raise ConfigError(f'--workers={workers} exceeds the {len(cpus)} CPUs this process may '
@@ -95,7 +98,9 @@ def cpu_shares(workers: int) -> list[set[int]]:
 
 def _pin_worker(shares) -> None:
   """Runs in each worker process before jax starts: takes one CPU share for good."""
-  os.sched_setaffinity(0, shares.get())
+  share = shares.get()
+  if share is not None:
+    os.sched_setaffinity(0, share)
   logs.show_our_progress()
   hardware.enable_compilation_cache()
 
