@@ -75,9 +75,7 @@ def with_headers(notebook, name: str, url: str):
       nbformat.v4.new_markdown_cell(badge_source(name, url), metadata={'tags': [BADGE_TAG]}),
       nbformat.v4.new_code_cell(install_source(name, url), metadata={'tags': [INSTALL_TAG]}),
       *cells]
-  for cell in notebook.cells[:2]:
-    cell.pop('id', None)  # ids are regenerated deterministically below
-  for index, cell in enumerate(notebook.cells):
+  for index, cell in enumerate(notebook.cells):  # deterministic ids: rewrites leave no diff
     cell['id'] = f'cell-{index}'
   return notebook
 

@@ -133,8 +133,7 @@ def frozen_mask(opt: ml_collections.ConfigDict, params) -> Any | None:
   a freeze rule): the train step differentiates only the others."""
   if not opt.freeze:
     return None
-  freeze = _compile('freeze', opt.freeze)
-  return _map_paths(lambda path: bool(freeze.search(path)), params)
+  return jax.tree.map(lambda label: label == FROZEN, group_labels(opt, params)(params))
 
 
 def _core(opt: ml_collections.ConfigDict, lr, decay_mask=None
