@@ -2,10 +2,14 @@
 
   python -m benchmarks.finetune_table runs/minilm/rt_full runs/minilm/rt_lora runs/minilm/rt_probe
 
-For each run (the first is the reference for the step-time ratio): test accuracy, trainable
-parameters (the elements of Adam's first moment: frozen parameters have no optimizer
-state), bytes of the newest checkpoint on disk, bytes of the optimizer state, and the
-steady training step time as a ratio to the first run's (from results.json).
+  python -m benchmarks.finetune_table runs/minilm/table/finetune-reuters_r8+{full,lora,probe}
+
+Each argument is a finished run's workdir, or a folder of them (`seed0/`, `seed1/`, ... as
+`research.reproduce` writes): a row each, the first the reference for the step-time ratio.
+Columns: test accuracy (mean ± std over the seeds), trainable parameters (the elements of
+Adam's first moment: frozen parameters have no optimizer state), bytes of the newest
+checkpoint on disk, bytes of the optimizer state, and the steady training step time (mean
+over the seeds, from results.json) as a ratio to the first row's.
 """
 from __future__ import annotations
 
@@ -47,14 +51,38 @@ def row(workdir: str) -> dict:
   }
 
 
-def main(workdirs: list[str]) -> None:
-  rows = [row(w) for w in workdirs]
-  print('| run | test accuracy % | trainable params | checkpoint bytes | optimizer-state bytes '
-        '| step time / full |')
-  print('|---|---:|---:|---:|---:|---:|')
+def seed_runs(path: str) -> list[str]:
+  """`path` itself when it is a run's workdir, else its finished runs one level down."""
+  if os.path.exists(os.path.join(path, 'results.json')):
+    return [path]
+  runs = sorted(os.path.join(path, d) for d in os.listdir(path)
+                if os.path.exists(os.path.join(path, d, 'results.json')))
+  if not runs:
+    raise SystemExit(f'{path}: no results.json in it or in its subfolders (a finished run?)')
+  return runs
+
+
+def grouped_row(path: str) -> dict:
+  """One row for a run or a folder of seeds: accuracy mean ± std, step time mean; the
+  parameter and byte counts (equal across seeds) from the first."""
+  rows = [row(w) for w in seed_runs(path)]
+  accuracies = [r['accuracy'] for r in rows]
+  return {**rows[0], 'run': os.path.basename(path.rstrip('/')), 'seeds': len(rows),
+          'accuracy': float(np.mean(accuracies)),
+          'accuracy_std': float(np.std(accuracies, ddof=1)) if len(rows) > 1 else None,
+          'step_s': float(np.mean([r['step_s'] for r in rows]))}
+
+
+def main(paths: list[str]) -> None:
+  rows = [grouped_row(p) for p in paths]
+  print('| run | test accuracy % | seeds | trainable params | checkpoint bytes '
+        '| optimizer-state bytes | step time / first row |')
+  print('|---|---:|---:|---:|---:|---:|---:|')
   for r in rows:
     share = 100 * r['trainable'] / r['total_params']
-    print(f"| {r['run']} | {r['accuracy']:.2f} | {r['trainable']:,} ({share:.2f}%) | "
+    accuracy = f"{r['accuracy']:.2f}" + (f" ± {r['accuracy_std']:.2f}"
+                                         if r['accuracy_std'] is not None else '')
+    print(f"| {r['run']} | {accuracy} | {r['seeds']} | {r['trainable']:,} ({share:.2f}%) | "
           f"{r['checkpoint_bytes']:,} | {r['opt_bytes']:,} | "
           f"{r['step_s'] / rows[0]['step_s']:.2f} ({r['step_s']:.2f} s) |")
 

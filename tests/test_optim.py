@@ -170,3 +170,10 @@ def test_frozen_parameters_get_no_gradient_computation():
                                err_msg=path)
   # The logged norm is the trained parameters' gradient norm (frozen ones are zeros).
   assert 0 < metrics_masked['grad_norm'] < metrics_full['grad_norm']
+  # MFU counts what the step does: the probe's step is about a forward pass (a third of a
+  # forward + backward), an all-trained step the whole.
+  fraction = exp.frozen_flops_fraction()
+  print(f"the probe's step does {fraction:.2f} of an all-trained step's FLOPs")
+  assert 0.25 < fraction < 0.5
+  assert experiment.build(tiny_config('cnn', steps=2), eval_split_names=[]
+                          ).frozen_flops_fraction() == 1.0

@@ -302,10 +302,15 @@ def test_by_dataset_table_puts_the_paper_rows_first(tmp_path, capsys):
   root = str(tmp_path)
   text = {'model': {'name': 'transformer'}, 'init_from': {'workdir': '', 'skip': ''}}
   tuned = {'model': {'name': 'transformer'}, 'init_from': {'workdir': 'runs/mlm', 'skip': ''}}
+  shared_vocab = "tokenize_wordpiece(model='runs/mlm/wordpiece.json', max_len=128)"
   for seed, (scratch, pretrained) in enumerate([(0.95, 0.97), (0.96, 0.98)]):
     for dataset, shift in (('reuters_r8', 0.0), ('rotten_tomatoes', -0.2)):
       _make_workdir(root, f'{dataset}_scratch{seed}', model='transformer', seed=seed,
                     accuracy=scratch + shift, config={**text, 'dataset': {'name': dataset}})
+      # From scratch with the pretraining's tokenizer: its own row, not pooled with the above.
+      _make_workdir(root, f'{dataset}_scratch_shared_vocab{seed}', model='transformer',
+                    seed=seed, accuracy=scratch + shift - 0.01,
+                    config={**text, 'dataset': {'name': dataset, 'preprocess': shared_vocab}})
       _make_workdir(root, f'{dataset}_pre{seed}', model='transformer', seed=seed,
                     accuracy=pretrained + shift, config={**tuned, 'dataset': {'name': dataset}})
   assert compare.main(['--by-dataset', root]) == 0
@@ -314,9 +319,12 @@ def test_by_dataset_table_puts_the_paper_rows_first(tmp_path, capsys):
   names = [row.split(' | ')[0][2:] for row in rows[2:] if row.startswith('| ')]
   assert names == ['TF-IDF+LR (paper)', 'CNN-rand (paper)', 'LSTM (paper)', 'fastText (paper)',
                    'Text GCN (paper)', 'transformer (from scratch)',
+                   'transformer (from scratch, given tokenizer)',
                    'transformer (pretrained, fine-tuned)']
   assert '| Text GCN (paper) | 97.07 | - |' in rows
   assert '| transformer (from scratch) | 95.50 ± 0.71 (n=2) | 75.50 ± 0.71 (n=2) |' in rows
+  assert ('| transformer (from scratch, given tokenizer) | 94.50 ± 0.71 (n=2) | '
+          '74.50 ± 0.71 (n=2) |') in rows
   assert '| transformer (pretrained, fine-tuned) | 97.50 ± 0.71 (n=2) | 77.50 ± 0.71 (n=2) |' in rows
   assert any(row.startswith('Paper: Yao') for row in rows)
 

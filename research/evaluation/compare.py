@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -256,11 +257,22 @@ def load_runs(run_dirs: Iterable[str], split: str = 'test') -> tuple[dict[Group,
   return groups, skipped + warnings
 
 
+# A preprocess op given a saved tokenizer (`tokenize_wordpiece(model=...)`) rather than
+# training its own vocabulary on the run's data.
+_GIVEN_TOKENIZER = re.compile(r'tokenize_\w+\(\s*model\s*=')
+
+
 def _row_name(config: Mapping[str, Any]) -> str:
   """A run's row in the by-dataset table: its model, and whether it was fine-tuned from
-  another run (`init_from`) or trained from scratch."""
+  another run (`init_from`) or trained from scratch; a from-scratch run that reads a saved
+  tokenizer (the pretraining's: the same encoder, only the weights fresh) is its own row."""
   init = config.get('init_from') or {}
-  source = 'pretrained, fine-tuned' if init.get('workdir') or init.get('hf_dir') else 'from scratch'
+  if init.get('workdir') or init.get('hf_dir'):
+    source = 'pretrained, fine-tuned'
+  elif _GIVEN_TOKENIZER.search((config.get('dataset') or {}).get('preprocess') or ''):
+    source = 'from scratch, given tokenizer'
+  else:
+    source = 'from scratch'
   return f"{config['model']['name']} ({source})"
 
 

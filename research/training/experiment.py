@@ -54,6 +54,9 @@ class Experiment:
   preprocess: preprocess.Preprocess  # train_fn augments; eval_fn is what evaluation sees
   # LoRA: the frozen base's param paths, left out of checkpoints (reloaded from init_from).
   base_paths: frozenset[str] = frozenset()
+  # The train step before jit and freezing (frozen=...), and the frozen mask train_fn uses.
+  train_step: Callable | None = None
+  frozen: Any = None
 
   def initial_state(self) -> steps.TrainState:
     """A fresh state, each shard created on its own device (no full copy anywhere)."""
@@ -81,6 +84,23 @@ class Experiment:
         'outputs': analysis.output_size_in_bytes,
         'temporaries': analysis.temp_size_in_bytes,
     }
+
+  def frozen_flops_fraction(self) -> float:
+    """The share of an all-trained step's FLOPs that this run's train step does: 1 unless
+    parameters are frozen (then their weight gradients, and the backward pass below the
+    lowest trained parameter, are skipped). XLA's FLOP counts of the two steps' lowered
+    programs (traced, not compiled), so it holds for any model and freeze rule."""
+    if self.frozen is None or not any(jax.tree.leaves(self.frozen)):
+      return 1.0
+    batch = self.abstract_batch()
+    counts = []
+    with sharding.activate(self.mesh):
+      for frozen in (self.frozen, None):
+        lowered = jax.jit(functools.partial(self.train_step, frozen=frozen)).lower(
+            self.abstract_state, batch)
+        analysis = lowered.cost_analysis()  # a dict; a list of one per program in older jax
+        counts.append(float((analysis[0] if isinstance(analysis, list) else analysis)['flops']))
+    return counts[0] / counts[1]
 
   def eval_batches(self, split: str):
     """`(index, global batch)` over a whole split: padded last batch (mask False there),
@@ -199,11 +219,12 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
                     out_shardings=sharding.replicated(mesh))
   predict_fn = jax.jit(functools.partial(steps.predict_step, input_fields=input_fields),
                        in_shardings=(state_sharding, batch_sharding))
+  train_step = functools.partial(steps.train_step, **step_kwargs,
+                                 grad_accum_steps=config.grad_accum_steps,
+                                 skip_nonfinite=config.nan_policy == 'skip')
+  frozen = optim.frozen_mask(optimizer_cfg, nn.unbox(boxed_params))
   train_fn = jax.jit(
-      functools.partial(steps.train_step, **step_kwargs,
-                        grad_accum_steps=config.grad_accum_steps,
-                        skip_nonfinite=config.nan_policy == 'skip',
-                        frozen=optim.frozen_mask(optimizer_cfg, nn.unbox(boxed_params))),
+      functools.partial(train_step, frozen=frozen),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, sharding.replicated(mesh)),
       donate_argnums=(0,))
@@ -215,7 +236,8 @@ def build(config: ml_collections.ConfigDict, *, load_train_split: bool = True,
                     train_fn=train_fn, preprocess=pp,
                     example_shape=tuple(example_inputs.shape[1:]),
                     example_dtype=example_inputs.dtype,
-                    example_batch=example_batch, base_paths=base_paths)
+                    example_batch=example_batch, base_paths=base_paths,
+                    train_step=train_step, frozen=frozen)
 
 
 def _lora_base(config: ml_collections.ConfigDict, boxed_params) -> frozenset[str]:

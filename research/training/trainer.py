@@ -165,10 +165,18 @@ class Trainer:
       writers.write_config(self.workdir, config)
     num_params = sum(x.size for x in jax.tree.leaves(self.state.params))
     flops_per_example = models.model_flops_per_example(self.exp.model, self.exp.example_shape)
+    frozen_note = ''
+    if flops_per_example:
+      # The model's count assumes every parameter is trained; a frozen one skips work.
+      fraction = self.exp.frozen_flops_fraction()
+      if fraction != 1.0:
+        flops_per_example = int(flops_per_example * fraction)
+        frozen_note = f' ({fraction:.2f} of an all-trained step: parameters are frozen)'
     peak_flops, peak_source = hardware.peak_flops_per_device()
-    logging.info('Model %s, objective %s: %s parameters, %s training FLOPs per example; '
+    logging.info('Model %s, objective %s: %s parameters, %s training FLOPs per example%s; '
                  'peak %s.', config.model.name, config.objective, f'{num_params:,}',
-                 f'{flops_per_example:.3g}' if flops_per_example else 'unknown', peak_source)
+                 f'{flops_per_example:.3g}' if flops_per_example else 'unknown', frozen_note,
+                 peak_source)
 
     train_fn = self.exp.train_fn  # jitted with in/out shardings and donation
     compilations_after_step_2 = None
