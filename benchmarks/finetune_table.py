@@ -1,7 +1,5 @@
 """The fine-tuning table of finished runs: full fine-tuning vs LoRA vs head only.
 
-  python -m benchmarks.finetune_table runs/minilm/rt_full runs/minilm/rt_lora runs/minilm/rt_probe
-
   python -m benchmarks.finetune_table runs/minilm/table/finetune-reuters_r8+{full,lora,probe}
 
 Each argument is a finished run's workdir, or a folder of them (`seed0/`, `seed1/`, ... as
