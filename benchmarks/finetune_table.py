@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from research.evaluation import compare
 from research.training import optim
 
 
@@ -49,21 +50,13 @@ def row(workdir: str) -> dict:
   }
 
 
-def seed_runs(path: str) -> list[str]:
-  """`path` itself when it is a run's workdir, else its finished runs one level down."""
-  if os.path.exists(os.path.join(path, 'results.json')):
-    return [path]
-  runs = sorted(os.path.join(path, d) for d in os.listdir(path)
-                if os.path.exists(os.path.join(path, d, 'results.json')))
-  if not runs:
-    raise SystemExit(f'{path}: no results.json in it or in its subfolders (a finished run?)')
-  return runs
-
-
 def grouped_row(path: str) -> dict:
   """One row for a run or a folder of seeds: accuracy mean ± std, step time mean; the
   parameter and byte counts (equal across seeds) from the first."""
-  rows = [row(w) for w in seed_runs(path)]
+  runs = compare.find_run_dirs([path])
+  if not runs:
+    raise SystemExit(f'{path}: no results.json in it or below it (a finished run?)')
+  rows = [row(w) for w in runs]
   accuracies = [r['accuracy'] for r in rows]
   return {**rows[0], 'run': os.path.basename(path.rstrip('/')), 'seeds': len(rows),
           'accuracy': float(np.mean(accuracies)),
