@@ -93,6 +93,46 @@ def test_encode_truncates_pads_and_masks(tok):
   assert tok.encode(texts, 64)[1].sum(1).tolist() == [min(len(f), 64) for f in full]
 
 
+def test_encode_windows_are_slices_of_the_whole_text(tok):
+  texts = ['the quick fox jumps over the lazy dog ' * 5, 'the cat', '', 'slow hare ' * 4]
+  full = [library_ids(tok, t) for t in texts]
+  # Offset 0 is encode's window; a text within the budget is encoded as encode does.
+  for add_cls in (False, True):
+    np.testing.assert_array_equal(tok.encode_windows(texts, 8, np.zeros(4), add_cls=add_cls),
+                                  tok.encode(texts, 8, add_cls=add_cls))
+  for offset in np.linspace(0, 0.999, 40):
+    ids, mask = tok.encode_windows(texts, 8, np.full(4, offset))
+    for row, row_mask, f in zip(ids, mask, full):
+      slack = max(len(f) - 8, 0)
+      start = int(offset * (slack + 1))  # the offset spreads evenly over the starts
+      assert row[row_mask].tolist() == f[start:start + 8]  # a contiguous slice
+      assert (row[~row_mask] == tokenizers.PAD_ID).all()
+  ids, mask = tok.encode_windows(texts, 8, np.full(4, 0.9999))
+  assert ids[0].tolist() == full[0][-8:]  # the last window is reachable too
+  with pytest.raises(ValueError, match=r'offsets_N has shape \(3,\), expected \(4,\)'):
+    tok.encode_windows(texts, 8, np.zeros(3))
+
+
+def test_tokenize_wordpiece_random_windows_in_training_only(tmp_path):
+  long_texts = ['the quick fox jumps over the lazy dog ' * 6, 'the old cat ' * 9] * 4
+  split = split_of(CORPUS + long_texts)
+  spec = 'tokenize_wordpiece(vocab_size=80, max_len=10, cls=True, window=random)'
+  pp = preprocess.build_preprocess(spec, split, seed=0, cache_dir=str(tmp_path))
+  batch = {'inputs': split.inputs[-8:], 'labels': split.labels[-8:], 'mask': np.ones(8, bool)}
+  first = pp.train_fn(batch, 3)
+  np.testing.assert_array_equal(pp.train_fn(batch, 3)['inputs'], first['inputs'])  # resumable
+  assert (first['inputs'][:, 0] == tokenizers.CLS_ID).all() and first['input_mask'].all()
+  assert not np.array_equal(pp.train_fn(batch, 4)['inputs'], first['inputs'])
+  starts = tok_starts = pp.tokenizer.encode(batch['inputs'], 10, add_cls=True)[0]
+  assert not np.array_equal(first['inputs'], starts)
+  np.testing.assert_array_equal(pp.eval_fn(batch, 3)['inputs'], tok_starts)  # the start
+  # The tokenizer file does not depend on the window: the same as window=start's.
+  assert len(os.listdir(tmp_path)) == 1
+  with pytest.raises(ValueError, match=r"window='middle' is not one of \['start', 'random'\]"):
+    preprocess.build_preprocess('tokenize_wordpiece(vocab_size=80, window=middle)', split,
+                                seed=0)
+
+
 def test_decode(tok):
   ids, _ = tok.encode(['The slow cat jumps over the OLD dog.'], 32, add_cls=True)
   assert tok.decode(ids) == ['the slow cat jumps over the old dog.']
@@ -152,7 +192,8 @@ def test_tokenize_wordpiece_op_trains_once_and_reuses_the_file(tmp_path, monkeyp
   assert out['input_mask'].dtype == bool and (out['inputs'][:, 0] == tokenizers.CLS_ID).all()
   assert pp.vocab_size <= 80 and out['inputs'].max() < pp.vocab_size
   assert pp.summary() == {'0_tokenize_wordpiece/vocab_size': pp.vocab_size,
-                          '0_tokenize_wordpiece/max_len': 10, '0_tokenize_wordpiece/cls': True}
+                          '0_tokenize_wordpiece/max_len': 10, '0_tokenize_wordpiece/cls': True,
+                          '0_tokenize_wordpiece/window': 'start'}
 
   # A second build (a resumed run, an evaluation) loads the file instead of training.
   def no_training(*args, **kwargs):

@@ -12,8 +12,8 @@ on the whole batch at once; none loops over examples in Python.
 
 - Statistics (`scale`, `standardize`) are computed once from the training split, on the
   inputs as the ops before them leave them (evaluation behaviour), in chunks.
-- Random ops (`random_crop`, `random_shift`, `flip`) draw from
-  `default_rng([seed, stream, op_position, batch_index])`: a batch is augmented the same
+- Random ops (`random_crop`, `random_shift`, `flip`, `tokenize_wordpiece(window=random)`)
+  draw from `default_rng([seed, stream, op_position, batch_index])`: a batch is augmented the same
   way every time it is produced, including after resuming from a checkpoint. Draws are
   made for the whole global batch and each process keeps its rows, so the augmentation
   does not depend on the number of processes. In evaluation they do nothing
@@ -264,11 +264,19 @@ def _fit_tokenize_spm(ctx: '_FitContext', vocab_size: int = 8000, max_len: int =
   return {'tokenizer': tok, 'max_len': max_len, 'cls': cls}
 
 
+WINDOWS = ('start', 'random')  # tokenize_wordpiece: which max_len tokens of a text train
+
+
 def _fit_tokenize_wordpiece(ctx: '_FitContext', vocab_size: int = 8000, max_len: int = 128,
-                            cls: bool = False, model: str = '') -> dict[str, Any]:
+                            cls: bool = False, model: str = '', window: str = 'start'
+                            ) -> dict[str, Any]:
+  if window not in WINDOWS:
+    raise ValueError(f'tokenize_wordpiece: window={window!r} is not one of {list(WINDOWS)} '
+                     f"('start': the text's first max_len tokens; 'random': a random "
+                     f"window of them in training, the start in evaluation).")
   tok = _fit_trained_tokenizer(ctx, tokenizers.WordPieceTokenizer,
                                'wordpiece_v{vocab_size}_{fingerprint}.json', vocab_size, model)
-  return {'tokenizer': tok, 'max_len': max_len, 'cls': cls}
+  return {'tokenizer': tok, 'max_len': max_len, 'cls': cls, 'window': window}
 
 
 def _fit_tokenize_pretrained(ctx: '_FitContext', max_len: int = 128, model: str = ''
@@ -283,9 +291,17 @@ def _fit_tokenize_pretrained(ctx: '_FitContext', max_len: int = 128, model: str 
           'cls': False}
 
 
-def tokenize(batch: Batch, rand, *, tokenizer, max_len: int, cls: bool) -> Batch:
-  """Texts -> `inputs` int32 [B, max_len] and `input_mask` bool [B, max_len] (True: token)."""
-  ids, mask = tokenizer.encode(batch['inputs'], max_len, add_cls=cls)
+def tokenize(batch: Batch, rand, *, tokenizer, max_len: int, cls: bool,
+             window: str = 'start') -> Batch:
+  """Texts -> `inputs` int32 [B, max_len] and `input_mask` bool [B, max_len] (True: token).
+
+  `window='random'`, in training: each text's tokens from a uniformly drawn start, so
+  over the epochs a model reads whole long texts, not only their first max_len tokens
+  (as BERT's pretraining reads whole documents). Evaluation reads the start."""
+  if window == 'random' and rand is not None:
+    ids, mask = tokenizer.encode_windows(batch['inputs'], max_len, rand.uniform(), add_cls=cls)
+  else:
+    ids, mask = tokenizer.encode(batch['inputs'], max_len, add_cls=cls)
   return {**batch, 'inputs': ids, 'input_mask': mask}
 
 
@@ -327,7 +343,7 @@ OPS: dict[str, Op] = {
     'tokenize_bytes': Op(tokenize, _fit_tokenize_bytes, tokenizes=True),
     'tokenize_spm': Op(tokenize, _fit_tokenize_spm, tokenizes=True,
                        needs_train_split=_unless_model_given),
-    'tokenize_wordpiece': Op(tokenize, _fit_tokenize_wordpiece, tokenizes=True,
+    'tokenize_wordpiece': Op(tokenize, _fit_tokenize_wordpiece, random=True, tokenizes=True,
                              needs_train_split=_unless_model_given),
     'tokenize_pretrained': Op(tokenize, _fit_tokenize_pretrained, tokenizes=True),
 }

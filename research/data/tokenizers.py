@@ -249,6 +249,7 @@ class WordPieceTokenizer(_TrainedTokenizer):
     pre_tokenizer = json.loads(self.json).get('pre_tokenizer') or {}
     self._pad_only_pads = pre_tokenizer.get('type') == 'BertPreTokenizer'
     self._by_length: dict[int, object] = {}  # text budget -> a truncating, padding copy
+    self._untruncated = None  # a copy that pads but never truncates (encode_windows)
 
   @staticmethod
   def _from_json(tokenizer_json: str):
@@ -330,6 +331,38 @@ class WordPieceTokenizer(_TrainedTokenizer):
     else:
       mask_NxT = np.array([e.attention_mask for e in encodings], bool).reshape(n, budget)
     return _with_cls(ids_NxT, mask_NxT, add_cls)
+
+  def encode_windows(self, texts, max_len: int, offsets_N: np.ndarray, *,
+                     add_cls: bool = False):
+    """Like `encode`, but each row keeps a window of the whole text's tokens, not its start.
+
+    `offsets_N` in [0, 1) places each window: with `slack` tokens beyond the budget, the
+    window starts at token `floor(offset * (slack + 1))`, so 0 is `encode`'s window and the
+    draws cover every start equally. A text within the budget is encoded as `encode` does.
+    """
+    budget = _text_budget(max_len, add_cls)
+    texts = as_str_list(texts)
+    n = len(texts)
+    if np.shape(offsets_N) != (n,):
+      raise ValueError(f'offsets_N has shape {np.shape(offsets_N)}, expected ({n},).')
+    if self._untruncated is None:  # pads to the batch's longest text, cuts nothing
+      self._untruncated = self._from_json(self.json)
+      self._untruncated.enable_padding(pad_id=PAD_ID, pad_token='[PAD]')
+    encodings = self._untruncated.encode_batch_fast(texts, add_special_tokens=False)
+    # Padded to at least the budget, so every window lies inside the array.
+    width = max([budget] + [len(e.ids) for e in encodings[:1]])
+    ids_NxW = np.zeros((n, width), np.int32)
+    real_NxW = np.zeros((n, width), bool)
+    if n:
+      ids_NxW[:, :len(encodings[0].ids)] = [e.ids for e in encodings]
+      real_NxW[:, :len(encodings[0].ids)] = [e.attention_mask for e in encodings]
+    lengths_N = real_NxW.sum(axis=1)  # padding is on the right
+    slack_N = np.maximum(lengths_N - budget, 0)
+    starts_N = np.minimum((np.asarray(offsets_N) * (slack_N + 1)).astype(np.int64), slack_N)
+    positions_NxT = starts_N[:, None] + np.arange(budget)
+    ids_NxT = np.take_along_axis(ids_NxW, positions_NxT, axis=1)
+    mask_NxT = np.take_along_axis(real_NxW, positions_NxT, axis=1)
+    return _with_cls(np.where(mask_NxT, ids_NxT, PAD_ID).astype(np.int32), mask_NxT, add_cls)
 
   def decode(self, ids_NxL: np.ndarray) -> list[str]:
     """Text of each row ([PAD], [CLS], [MASK], [SEP] dropped; [UNK] kept)."""
