@@ -128,6 +128,9 @@ def test_tokenize_wordpiece_random_windows_in_training_only(tmp_path):
   np.testing.assert_array_equal(pp.eval_fn(batch, 3)['inputs'], tok_starts)  # the start
   # The tokenizer file does not depend on the window: the same as window=start's.
   assert len(os.listdir(tmp_path)) == 1
+  # Not an augmentation: the op still tokenizes in evaluation (distillation compares it).
+  assert not preprocess.OPS['tokenize_wordpiece'].random
+  assert "window='start'): " in preprocess.describe_ops()
   with pytest.raises(ValueError, match=r"window='middle' is not one of \['start', 'random'\]"):
     preprocess.build_preprocess('tokenize_wordpiece(vocab_size=80, window=middle)', split,
                                 seed=0)

@@ -317,14 +317,20 @@ def _unless_model_given(kwargs: dict[str, Any]) -> bool:
   return not kwargs.get('model')
 
 
+def _windowed(params: dict[str, Any]) -> bool:
+  return params.get('window') == 'random'
+
+
 @dataclasses.dataclass(frozen=True)
 class Op:
   apply: Callable[..., Batch]
   fit: Callable[..., dict[str, Any]] | None = None  # user kwargs -> apply's params
-  random: bool = False
+  random: bool = False  # an augmentation: acts in training only
   tokenizes: bool = False
   # Whether fitting reads the training split, given the op's arguments.
   needs_train_split: Callable[[dict[str, Any]], bool] = _never
+  # Whether an op that is not an augmentation draws in training, given its fitted params.
+  draws: Callable[[dict[str, Any]], bool] = _never
 
   def arguments(self) -> dict[str, Any]:
     fn = self.fit or self.apply
@@ -343,7 +349,7 @@ OPS: dict[str, Op] = {
     'tokenize_bytes': Op(tokenize, _fit_tokenize_bytes, tokenizes=True),
     'tokenize_spm': Op(tokenize, _fit_tokenize_spm, tokenizes=True,
                        needs_train_split=_unless_model_given),
-    'tokenize_wordpiece': Op(tokenize, _fit_tokenize_wordpiece, random=True, tokenizes=True,
+    'tokenize_wordpiece': Op(tokenize, _fit_tokenize_wordpiece, tokenizes=True, draws=_windowed,
                              needs_train_split=_unless_model_given),
     'tokenize_pretrained': Op(tokenize, _fit_tokenize_pretrained, tokenizes=True),
 }
@@ -487,7 +493,8 @@ class _FitContext:
 
 def _run(steps, batch: Batch, random_for) -> Batch:
   for position, (op, params) in enumerate(steps):
-    rand = random_for(position) if (op.random and random_for is not None) else None
+    draws = op.random or op.draws(params)
+    rand = random_for(position) if (draws and random_for is not None) else None
     batch = op.apply(batch, rand, **params)
   return batch
 
