@@ -249,7 +249,6 @@ class WordPieceTokenizer(_TrainedTokenizer):
     pre_tokenizer = json.loads(self.json).get('pre_tokenizer') or {}
     self._pad_only_pads = pre_tokenizer.get('type') == 'BertPreTokenizer'
     self._by_length: dict[int, object] = {}  # text budget -> a truncating, padding copy
-    self._untruncated = None  # a copy that pads but never truncates (encode_windows)
 
   @staticmethod
   def _from_json(tokenizer_json: str):
@@ -345,24 +344,18 @@ class WordPieceTokenizer(_TrainedTokenizer):
     n = len(texts)
     if np.shape(offsets_N) != (n,):
       raise ValueError(f'offsets_N has shape {np.shape(offsets_N)}, expected ({n},).')
-    if self._untruncated is None:  # pads to the batch's longest text, cuts nothing
-      self._untruncated = self._from_json(self.json)
-      self._untruncated.enable_padding(pad_id=PAD_ID, pad_token='[PAD]')
-    encodings = self._untruncated.encode_batch_fast(texts, add_special_tokens=False)
-    # Padded to at least the budget, so every window lies inside the array.
-    width = max([budget] + [len(e.ids) for e in encodings[:1]])
+    # self._tok neither truncates nor pads: each encoding is the whole text.
+    encodings = self._tok.encode_batch_fast(texts, add_special_tokens=False)
+    lengths_N = np.fromiter((len(e.ids) for e in encodings), np.int64, n)
+    width = max(budget, int(lengths_N.max(initial=0)))  # every window lies inside
     ids_NxW = np.zeros((n, width), np.int32)
-    real_NxW = np.zeros((n, width), bool)
-    if n:
-      ids_NxW[:, :len(encodings[0].ids)] = [e.ids for e in encodings]
-      real_NxW[:, :len(encodings[0].ids)] = [e.attention_mask for e in encodings]
-    lengths_N = real_NxW.sum(axis=1)  # padding is on the right
+    ids_NxW[np.arange(width) < lengths_N[:, None]] = [i for e in encodings for i in e.ids]
     slack_N = np.maximum(lengths_N - budget, 0)
     starts_N = np.minimum((np.asarray(offsets_N) * (slack_N + 1)).astype(np.int64), slack_N)
     positions_NxT = starts_N[:, None] + np.arange(budget)
-    ids_NxT = np.take_along_axis(ids_NxW, positions_NxT, axis=1)
-    mask_NxT = np.take_along_axis(real_NxW, positions_NxT, axis=1)
-    return _with_cls(np.where(mask_NxT, ids_NxT, PAD_ID).astype(np.int32), mask_NxT, add_cls)
+    mask_NxT = positions_NxT < lengths_N[:, None]
+    ids_NxT = np.take_along_axis(ids_NxW, positions_NxT, axis=1)  # PAD past a text's end
+    return _with_cls(ids_NxT, mask_NxT, add_cls)
 
   def decode(self, ids_NxL: np.ndarray) -> list[str]:
     """Text of each row ([PAD], [CLS], [MASK], [SEP] dropped; [UNK] kept)."""
