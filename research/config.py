@@ -14,7 +14,7 @@ import shlex
 import ml_collections
 
 from research import models, objectives
-from research.data import preprocess
+from research.data import holdout, preprocess
 from research.evaluation import evaluators
 from research.models import lora
 from research.errors import ConfigError
@@ -61,6 +61,10 @@ def default_config() -> ml_collections.ConfigDict:
   # lists them). '' -> floats as float32; uint8 images stay uint8 and the models scale
   # them to [0, 1] on the device. Random ops act in training only.
   c.dataset.preprocess = ''
+  # >0: hold this stratified fraction of the training split out of training, as split
+  # 'validation' (the same examples for every seed; research/data/holdout.py), for choosing
+  # hyperparameters on data that is not the test split.
+  c.dataset.validation_fraction = 0.0
   c.dataset.balance_classes = False  # oversample rare classes: every class equally often
   c.dataset.prefetch_threads = 0  # >0: build batches in background threads (heavy augmentation)
   c.dataset.batches_per_chunk = 0  # training batches gathered per read; 0: auto (~4 MB, <=16)
@@ -213,6 +217,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0 <= opt.warmup_steps <= config.num_train_steps:
     raise ConfigError(f'config.optimizer.warmup_steps={opt.warmup_steps} must be in '
                      f'[0, num_train_steps={config.num_train_steps}].')
+  holdout.check_fraction(config.dataset.validation_fraction)
   preprocess.parse_spec(config.dataset.preprocess)  # unknown ops fail here, listing valid ones
   # Unknown model names and hyperparameters are reported by models.build_model.
   models.hyperparameters(config.model.name)

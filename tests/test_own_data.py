@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from research import models, training
+from research import config as config_lib
 from research.config import default_config
 from research.data import arrays, sources
 from research.errors import ConfigError
@@ -63,6 +64,47 @@ def test_split_slices_sizes_and_class_names(registered):
     source.load('validation')
   with pytest.raises(ValueError, match='is empty'):
     source.load('train[5:5]')
+
+
+def test_validation_fraction_holds_out_a_stratified_split_the_same_for_every_seed(registered,
+                                                                                tmp_path):
+  cfg = default_config()
+  cfg.dataset.name, cfg.dataset.validation_fraction = 'blobs', 0.1
+  source = sources.open_source(cfg.dataset)
+  train, held = source.load('train'), source.load('validation')
+  all_x, all_y = registered.splits['train']
+  counts = np.bincount(all_y, minlength=3)
+  np.testing.assert_array_equal(np.bincount(held.labels, minlength=3), np.round(0.1 * counts))
+  assert source.info.split_sizes == {'train': len(train), 'validation': len(held), 'test': 200}
+  # Disjoint, and together exactly the original training split.
+  rows = {tuple(r) for r in all_x.tolist()}
+  got = [tuple(r) for r in np.concatenate([train.inputs, held.inputs]).tolist()]
+  assert len(got) == 1000 and set(got) == rows
+  assert len(source.load('test')) == 200  # other splits untouched
+  cfg.seed = 7  # the held-out examples do not depend on the run's seed
+  np.testing.assert_array_equal(sources.open_source(cfg.dataset).load('validation').inputs,
+                                held.inputs)
+  # A run trains on the rest and evaluates the held-out part by name.
+  cfg.model, cfg.dataset.eval_splits = models.model_config('mlp'), 'validation,test'
+  cfg.num_train_steps, cfg.progress_bar, cfg.write_report = 30, False, False
+  results = training.train_and_evaluate(cfg, str(tmp_path / 'run'))
+  assert results['validation']['num_examples'] == len(held) == np.round(0.1 * counts).sum()
+  assert results['test']['num_examples'] == 200
+
+
+def test_validation_fraction_errors(registered):
+  cfg = default_config()
+  cfg.dataset.name, cfg.dataset.validation_fraction = 'blobs', 1.0
+  with pytest.raises(ConfigError, match=r'validation_fraction must be in \[0, 1\), got 1.0'):
+    config_lib.validate(cfg)
+  x, y = _blobs(60, 2)
+  arrays.register('has_validation', train=(x[:50], y[:50]), validation=(x[50:], y[50:]))
+  try:
+    cfg.dataset.name, cfg.dataset.validation_fraction = 'has_validation', 0.2
+    with pytest.raises(ConfigError, match="has its own 'validation' split; use it"):
+      sources.open_source(cfg.dataset)
+  finally:
+    arrays._REGISTERED.pop('has_validation')
 
 
 def test_bad_labels_fail_like_tfds_sources():

@@ -21,6 +21,8 @@ import tensorflow_datasets as tfds
 
 from research.data import arrays
 from research.data import builders  # registers the offline builders
+from research.data import holdout
+from research.errors import ConfigError
 
 OFFLINE_DATASETS = builders.OFFLINE_DATASETS
 
@@ -211,10 +213,44 @@ class ArraySource(Source):
     return SplitArrays(inputs=inputs, labels=labels)
 
 
+class HoldoutSource(Source):
+  """`source` with a stratified fraction of its training split held out as 'validation'
+  (research.data.holdout); the training split is the rest."""
+
+  def __init__(self, source: Source, train_split: str, fraction: float):
+    if holdout.SPLIT in source.info.split_sizes:
+      raise ConfigError(
+          f'Dataset {source.info.name!r} has its own {holdout.SPLIT!r} split; use it '
+          f'(config.dataset.eval_splits) instead of config.dataset.validation_fraction.')
+    self.source, self.train_split = source, train_split
+    train = source.load(train_split)
+    kept, held_out = holdout.stratified_holdout(train.labels, fraction)
+    if not len(held_out) or not len(kept):
+      raise ConfigError(f'config.dataset.validation_fraction={fraction} of the '
+                        f'{len(train)} examples of {train_split!r} leaves an empty split.')
+    self._splits = {train_split: _take(train, kept), holdout.SPLIT: _take(train, held_out)}
+    sizes = dict(source.info.split_sizes)
+    sizes.update({train_split: len(kept), holdout.SPLIT: len(held_out)})
+    super().__init__(dataclasses.replace(source.info, split_sizes=sizes))
+
+  def load(self, split: str) -> SplitArrays:
+    return self._splits[split] if split in self._splits else self.source.load(split)
+
+
+def _take(split: SplitArrays, index: np.ndarray) -> SplitArrays:
+  return SplitArrays(inputs=split.inputs[index], labels=split.labels[index])
+
+
 def open_source(dataset_cfg: ml_collections.ConfigDict) -> Source:
-  """Your own data (`research.data.arrays`) when the name is one, else a tfds dataset."""
+  """Your own data (`research.data.arrays`) when the name is one, else a tfds dataset;
+  with `dataset_cfg.validation_fraction` > 0, part of its training split held out."""
   own = arrays.lookup(dataset_cfg.name, dataset_cfg.input_key, dataset_cfg.label_key)
   if own is not None:
-    return ArraySource(own)
-  builder = open_builder(dataset_cfg)
-  return TfdsSource(builder, dataset_info(builder, dataset_cfg))
+    source = ArraySource(own)
+  else:
+    builder = open_builder(dataset_cfg)
+    source = TfdsSource(builder, dataset_info(builder, dataset_cfg))
+  fraction = dataset_cfg.get('validation_fraction', 0.0)
+  if fraction:
+    source = HoldoutSource(source, dataset_cfg.train_split, fraction)
+  return source
