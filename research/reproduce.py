@@ -4,8 +4,11 @@
       --configs=configs/mnist1d/logistic.py,configs/mnist1d/mlp.py,configs/mnist1d/cnn.py
 
 A config may take an argument (`configs/text/classifier.py:reuters_r8+pretrained`; the run's
-name is then `classifier-reuters_r8+pretrained`). Each run goes to WORKDIR/<name>/seed<k> (a
-finished run is reused, an interrupted one resumes). The table is printed and written to WORKDIR/table.md. $RESEARCH_EXTRA_OVERRIDES
+name is then `classifier-reuters_r8+pretrained`). Each run goes to WORKDIR/<name>/seed<k>: a
+finished run is reused and an interrupted one resumes, but only when its config.json holds
+the same recipe; otherwise the command stops and names what changed (an edited config file
+would else be reported with the old runs' numbers). The table is printed and written to
+WORKDIR/table.md. $RESEARCH_EXTRA_OVERRIDES
 (`--config.KEY=VALUE ...`, as for research.main) applies to every run, e.g. to shrink steps.
 
 `--workers=N` runs N at a time, each in its own process pinned to its share of this
@@ -15,6 +18,7 @@ not scale across cores). Keep 1 on an accelerator: the runs would share the devi
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import multiprocessing
 import os
 import re
@@ -25,9 +29,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from research.evaluation import compare
-from research import logs, paths, training
+from research import logs, models, paths, training
+from research.models import hf_bert
 from research.training import hardware
 from research import config as config_lib
+from research.config import default_config
 from research.errors import ConfigError, one_line_errors
 
 DEFAULT_CONFIGS = ('configs/mnist1d/logistic.py,configs/mnist1d/mlp.py,'
@@ -68,12 +74,43 @@ def planned_runs(config_paths: list[str], seeds: list[int],
   return runs
 
 
-def run_one(path: str, arg: str, seed: int, run_dir: str) -> None:
+def planned_config(path: str, arg: str, seed: int) -> ml_collections.ConfigDict:
+  """The config a planned run trains with: the file's, $RESEARCH_EXTRA_OVERRIDES, the seed."""
   get_config = runpy.run_path(path)['get_config']
   config = get_config(arg) if arg else get_config()
   apply_extra_overrides(config)
   config.seed = seed
   config.progress_bar = False
+  return config
+
+
+def check_existing_run(config: ml_collections.ConfigDict, run_dir: str) -> None:
+  """Refuses to reuse or resume `run_dir` when it was made with another config (an edited
+  config file or other overrides): its results would be reported under the new recipe."""
+  saved_path = os.path.join(run_dir, 'config.json')
+  if not paths.exists(saved_path):
+    return
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.init_from.hf_dir:  # the run fills the architecture from the checkpoint
+    hf_bert.fill_model_config(config.model, config.init_from.hf_dir)
+  planned = compare.experiment_config(config.to_dict())
+  saved = compare.experiment_config(json.loads(paths.read_text(saved_path)))
+  # A key added to the code after the run was made counts at its default: what it did then.
+  defaults = default_config()
+  defaults.model = models.model_config(config.model.name)
+  for key, value in compare.experiment_config(defaults.to_dict()).items():
+    saved.setdefault(key, value)
+  changed = [f'{k}: {saved.get(k, "(absent)")!r} -> {planned.get(k, "(absent)")!r}'
+             for k in sorted(set(planned) | set(saved)) if planned.get(k) != saved.get(k)]
+  if changed:
+    raise ConfigError(
+        f'{run_dir} was made with another config ({"; ".join(changed[:4])}'
+        f'{f"; and {len(changed) - 4} more" if len(changed) > 4 else ""}); move it away or '
+        f'pass another --workdir, so its results are not reported under the new recipe.')
+
+
+def run_one(path: str, arg: str, seed: int, run_dir: str) -> None:
+  config = planned_config(path, arg, seed)
   logging.info('Running %s%s seed %d -> %s', path, f':{arg}' if arg else '', seed, run_dir)
   training.train_and_evaluate(config, run_dir)
 
@@ -110,6 +147,7 @@ def run_all(config_paths: list[str], seeds: list[int], workdir: str,
   runs = planned_runs(config_paths, seeds, workdir)
   todo = []
   for run in runs:
+    check_existing_run(planned_config(*run[:3]), run[3])
     if paths.exists(os.path.join(run[3], 'results.json')):
       logging.info('Reusing finished run %s', run[3])
     else:

@@ -1,6 +1,7 @@
 """research.report / plots / tb / compare / references on a hand-made workdir."""
 import glob
 import json
+import re
 import os
 import struct
 import subprocess
@@ -376,6 +377,16 @@ def test_reproduce_passes_a_config_argument(tmp_path):
   steps = {name: json.loads((tmp_path / 'runs' / name / 'seed0' / 'results.json').read_text())['steps']
            for name in ('tiny-4', 'tiny-6')}
   assert steps == {'tiny-4': 4, 'tiny-6': 6}
+  # Another recipe over the same workdir: refused, not reported as the new one.
+  before = (tmp_path / 'runs' / 'tiny-4' / 'seed0' / 'results.json').read_text()
+  proc = run_module('research.reproduce', f'--workdir={tmp_path / "runs"}', '--seeds=0',
+                    f'--configs={config_file}:4',
+                    env={'PYTHONPATH': REPO_ROOT,
+                         'RESEARCH_EXTRA_OVERRIDES': '--config.optimizer.learning_rate=0.5'})
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  assert re.search(r'tiny-4/seed0 was made with another config \(optimizer.learning_rate: '
+                   r'[0-9.e-]+ -> 0.5\); move it away', proc.stderr), proc.stderr[-2000:]
+  assert (tmp_path / 'runs' / 'tiny-4' / 'seed0' / 'results.json').read_text() == before
 
 
 def test_reproduce_workers_run_in_parallel_on_disjoint_cpus(tmp_path):
@@ -384,14 +395,15 @@ def test_reproduce_workers_run_in_parallel_on_disjoint_cpus(tmp_path):
   from tests.helpers import REPO_ROOT, run_module
   config_file = tmp_path / 'tiny.py'
   config_file.write_text(
-      'import os\n'
+      'import multiprocessing, os\n'
       'from research.errors import ConfigError\n'
       'from tests.helpers import tiny_config\n'
       'def get_config(arg="3"):\n'
       '  if arg == "bad":\n'
       '    raise ConfigError("tiny.py: bad argument")\n'
-      f'  with open({str(tmp_path)!r} + f"/cpus-{{os.getpid()}}", "w") as f:\n'
-      '    f.write(",".join(map(str, sorted(os.sched_getaffinity(0)))))\n'
+      '  if multiprocessing.parent_process():  # a worker (the parent plans the runs too)\n'
+      f'    with open({str(tmp_path)!r} + f"/cpus-{{os.getpid()}}", "w") as f:\n'
+      '      f.write(",".join(map(str, sorted(os.sched_getaffinity(0)))))\n'
       '  return tiny_config("logistic", steps=int(arg))\n')
   proc = run_module('research.reproduce', f'--workdir={tmp_path / "runs"}', '--seeds=0,1,2',
                     f'--configs={config_file}:4', '--workers=2', env={'PYTHONPATH': REPO_ROOT})
