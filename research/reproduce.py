@@ -18,11 +18,14 @@ not scale across cores). Keep 1 on an accelerator: the runs would share the devi
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import json
 import multiprocessing
 import os
 import re
 import runpy
+import signal
+import sys
 
 import ml_collections
 from absl import app, flags, logging
@@ -31,7 +34,7 @@ from ml_collections import config_flags
 from research.evaluation import compare
 from research import logs, models, paths, training
 from research.models import hf_bert
-from research.training import hardware
+from research.training import hardware, preemption
 from research import config as config_lib
 from research.config import default_config
 from research.errors import ConfigError, one_line_errors
@@ -133,8 +136,29 @@ def cpu_shares(workers: int) -> list[set[int] | None]:
   return shares
 
 
-def _pin_worker(shares) -> None:
+def _stop_with_parent(parent_pid: int) -> None:
+  """Linux: the kernel sends this worker SIGTERM when its parent dies, so killing
+  research.reproduce by PID stops its runs too (each saves and exits as if preempted, and
+  the next reproduce resumes it) instead of leaving them training unseen."""
+  if not sys.platform.startswith('linux'):
+    return
+  pr_set_pdeathsig = 1  # <linux/prctl.h>
+  ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+  if os.getppid() != parent_pid:  # the parent died before the request was in place
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _run_in_worker(parent_pid: int, *run) -> None:
+  try:
+    run_one(*run)
+  finally:
+    if os.getppid() != parent_pid:  # stopped by the parent's death: nobody takes a result,
+      os._exit(preemption.PREEMPTED_EXIT_CODE)  # and the pool's queues would block forever
+
+
+def _pin_worker(shares, parent_pid: int) -> None:
   """Runs in each worker process before jax starts: takes one CPU share for good."""
+  _stop_with_parent(parent_pid)
   share = shares.get()
   if share is not None:
     os.sched_setaffinity(0, share)
@@ -163,8 +187,8 @@ def run_all(config_paths: list[str], seeds: list[int], workdir: str,
       shares.put(share)
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
                                                 initializer=_pin_worker,
-                                                initargs=(shares,)) as pool:
-      futures = {pool.submit(run_one, *run): run for run in todo}
+                                                initargs=(shares, os.getpid())) as pool:
+      futures = {pool.submit(_run_in_worker, os.getpid(), *run): run for run in todo}
       try:
         for future in concurrent.futures.as_completed(futures):
           future.result()  # a failed run stops the table with its own error

@@ -1,11 +1,13 @@
 """research.report / plots / tb / compare / references on a hand-made workdir."""
 import glob
 import json
-import re
 import os
+import re
+import signal
 import struct
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -420,3 +422,57 @@ def test_reproduce_workers_run_in_parallel_on_disjoint_cpus(tmp_path):
                     f'--configs={config_file}:bad', '--workers=2', env={'PYTHONPATH': REPO_ROOT})
   assert proc.returncode != 0 and 'tiny.py: bad argument' in proc.stderr
   assert 'Traceback' not in proc.stderr
+
+
+def _alive(pid: int) -> bool:
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'  # a zombie has exited
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='PR_SET_PDEATHSIG is Linux')
+def test_killing_reproduce_stops_its_workers(tmp_path):
+  """SIGKILL to research.reproduce (no chance to clean up): the kernel sends its workers
+  SIGTERM, so each run saves a checkpoint and exits instead of training on unseen."""
+  from tests import checkpoint_utils as cu
+  from tests.helpers import REPO_ROOT
+  config_file = tmp_path / 'endless.py'
+  config_file.write_text(
+      'import multiprocessing, os\n'
+      'from tests.helpers import tiny_config\n'
+      'def get_config():\n'
+      '  if multiprocessing.parent_process():\n'
+      f'    open({str(tmp_path)!r} + f"/pid-{{os.getpid()}}", "w").close()\n'
+      '  config = tiny_config("logistic", steps=10**6)\n'
+      '  config.checkpoint.every_steps = 10**5\n'
+      '  return config\n')
+  runs = tmp_path / 'runs'
+  log = open(tmp_path / 'log.txt', 'w')  # a file, not a pipe: nobody reads while they run
+  proc = subprocess.Popen([sys.executable, '-m', 'research.reproduce', f'--workdir={runs}',
+                           '--seeds=0,1', f'--configs={config_file}', '--workers=2'],
+                          cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                          env={**os.environ, 'PYTHONPATH': REPO_ROOT}, start_new_session=True)
+  pids = []
+  try:
+    deadline = time.time() + 120
+    while time.time() < deadline and not all(
+        (runs / 'endless' / f'seed{s}' / 'metrics.jsonl').exists() for s in (0, 1)):
+      assert proc.poll() is None, (tmp_path / 'log.txt').read_text()[-3000:]
+      time.sleep(0.5)
+    pids = [int(p.name.split('-')[1]) for p in tmp_path.glob('pid-*')]
+    assert len(pids) == 2 and all(map(_alive, pids)), pids
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.time() + 60
+    while time.time() < deadline and any(map(_alive, pids)):
+      time.sleep(0.2)
+    assert not any(map(_alive, pids)), 'workers outlived research.reproduce'
+    for seed in (0, 1):  # each stopped as if preempted: a checkpoint to resume from
+      assert cu.finished_checkpoints(str(runs / 'endless' / f'seed{seed}'))
+  finally:
+    for pid in [proc.pid, *pids]:
+      if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    log.close()
