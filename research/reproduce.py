@@ -148,16 +148,21 @@ def _stop_with_parent(parent_pid: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _run_in_worker(parent_pid: int, *run) -> None:
+_PARENT_PID = None  # in a worker: the pid of the research.reproduce that started it
+
+
+def _run_in_worker(*run) -> None:
   try:
     run_one(*run)
   finally:
-    if os.getppid() != parent_pid:  # stopped by the parent's death: nobody takes a result,
+    if os.getppid() != _PARENT_PID:  # stopped by the parent's death: nobody takes a result,
       os._exit(preemption.PREEMPTED_EXIT_CODE)  # and the pool's queues would block forever
 
 
 def _pin_worker(shares, parent_pid: int) -> None:
   """Runs in each worker process before jax starts: takes one CPU share for good."""
+  global _PARENT_PID
+  _PARENT_PID = parent_pid
   _stop_with_parent(parent_pid)
   share = shares.get()
   if share is not None:
@@ -188,7 +193,7 @@ def run_all(config_paths: list[str], seeds: list[int], workdir: str,
     with concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)), mp_context=context,
                                                 initializer=_pin_worker,
                                                 initargs=(shares, os.getpid())) as pool:
-      futures = {pool.submit(_run_in_worker, os.getpid(), *run): run for run in todo}
+      futures = {pool.submit(_run_in_worker, *run): run for run in todo}
       try:
         for future in concurrent.futures.as_completed(futures):
           future.result()  # a failed run stops the table with its own error

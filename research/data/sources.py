@@ -222,7 +222,7 @@ class HoldoutSource(Source):
       raise ConfigError(
           f'Dataset {source.info.name!r} has its own {holdout.SPLIT!r} split; use it '
           f'(config.dataset.eval_splits) instead of config.dataset.validation_fraction.')
-    self.source, self.train_split = source, train_split
+    self.source = source
     train = source.load(train_split)
     kept, held_out = holdout.stratified_holdout(train.labels, fraction)
     if not len(held_out) or not len(kept):
